@@ -1,0 +1,85 @@
+package ledger
+
+import (
+	"fmt"
+	"sort"
+)
+
+// Reader reads committed state. Get returns (nil, false, nil) for a missing key. The
+// returned slice may be retained by the caller (implementations copy).
+type Reader interface {
+	Get(key []byte) ([]byte, bool, error)
+}
+
+// Overlay buffers the writes of one apply on top of a Reader. Writes can be rolled back
+// to a mark (for linked chains); the adapter commits what remains in one batch.
+type Overlay struct {
+	base    Reader
+	writes  map[string][]byte
+	journal []undo
+}
+
+type undo struct {
+	key  string
+	prev []byte
+	had  bool
+}
+
+// NewOverlay returns an empty overlay over base.
+func NewOverlay(base Reader) *Overlay {
+	return &Overlay{base: base, writes: make(map[string][]byte)}
+}
+
+// Get reads through the overlay.
+func (o *Overlay) Get(key []byte) ([]byte, bool, error) {
+	if v, ok := o.writes[string(key)]; ok {
+		return v, true, nil
+	}
+	v, ok, err := o.base.Get(key)
+	if err != nil {
+		return nil, false, fmt.Errorf("overlay read %q: %w", key, err)
+	}
+	return v, ok, nil
+}
+
+// Set buffers a write.
+func (o *Overlay) Set(key, value []byte) {
+	k := string(key)
+	prev, had := o.writes[k]
+	o.journal = append(o.journal, undo{key: k, prev: prev, had: had})
+	o.writes[k] = value
+}
+
+// Mark returns a point to roll back to.
+func (o *Overlay) Mark() int { return len(o.journal) }
+
+// Rollback undoes every write made after mark.
+func (o *Overlay) Rollback(mark int) {
+	for i := len(o.journal) - 1; i >= mark; i-- {
+		u := o.journal[i]
+		if u.had {
+			o.writes[u.key] = u.prev
+		} else {
+			delete(o.writes, u.key)
+		}
+	}
+	o.journal = o.journal[:mark]
+}
+
+// Len is the number of keys written.
+func (o *Overlay) Len() int { return len(o.writes) }
+
+// Writes calls fn for every buffered write in key order.
+func (o *Overlay) Writes(fn func(key, value []byte) error) error {
+	keys := make([]string, 0, len(o.writes))
+	for k := range o.writes {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := fn([]byte(k), o.writes[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
