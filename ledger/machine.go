@@ -71,6 +71,16 @@ func (a *Applier) ApplyBatch(b *raftv1.Batch) (*raftv1.BatchResult, error) {
 
 // Apply applies one command.
 func (a *Applier) Apply(c *raftv1.Command) (*raftv1.CommandResult, error) {
+	last := a.state.LastTimestampUnixNano
+	r, err := a.apply(c)
+	if err == nil && r.GetRefusal() != raftv1.Refusal_REFUSAL_UNSPECIFIED {
+		// A refused command has no effect at all, not even on the clock.
+		a.state.LastTimestampUnixNano = last
+	}
+	return r, err
+}
+
+func (a *Applier) apply(c *raftv1.Command) (*raftv1.CommandResult, error) {
 	// Time only moves through logged entries, and never backwards.
 	if c.GetTimestampUnixNano() > a.state.LastTimestampUnixNano {
 		a.state.LastTimestampUnixNano = c.GetTimestampUnixNano()

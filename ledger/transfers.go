@@ -86,20 +86,25 @@ func (a *Applier) createTransfers(ct *raftv1.CreateTransfers) (*raftv1.CommandRe
 			// outcome keep it, the others fail with LINKED_EVENT_FAILED.
 			a.ov.Rollback(mark)
 			a.state.EventSeq = seq
+			// Outcomes are recorded in chain order, so an id repeated within the chain
+			// replays the outcome of its first occurrence.
 			for k := i; k <= j; k++ {
-				if k == failed || (k < failed && !outs[k].fresh) {
-					continue
+				if k != failed {
+					old, err := a.getTransfer(ts[k].GetDebitAccountId(), ts[k].GetId())
+					if err != nil {
+						return nil, err
+					}
+					if old != nil {
+						outs[k] = replay(old, ts[k])
+					} else {
+						outs[k] = outcome{status: stLinkedFailed, fresh: true,
+							msg: fmt.Sprintf("linked transfer %q failed", ts[failed].GetId())}
+					}
 				}
-				old, err := a.getTransfer(ts[k].GetDebitAccountId(), ts[k].GetId())
-				if err != nil {
-					return nil, err
+				if !outs[k].ok() && outs[k].fresh {
+					a.storeFailure(ts[k], outs[k])
+					outs[k].fresh = false
 				}
-				if old != nil {
-					outs[k] = replay(old, ts[k])
-					continue
-				}
-				outs[k] = outcome{status: stLinkedFailed, fresh: true,
-					msg: fmt.Sprintf("linked transfer %q failed", ts[failed].GetId())}
 			}
 		}
 		for k := i; k <= j; k++ {
@@ -294,6 +299,10 @@ func (a *Applier) resolvePending(t *ledgerv1.Transfer) (outcome, error) {
 		return fail(stPendingNF, fmt.Sprintf("pending transfer %q not found", pid))
 	}
 	pt := p.Transfer
+	if t.GetDebitAccountId() != pt.DebitAccountId {
+		// Another account of the same slot: its own pending transfers only.
+		return fail(stPendingNF, fmt.Sprintf("pending transfer %q debits %q, not %q", pid, pt.DebitAccountId, t.GetDebitAccountId()))
+	}
 	if t.GetCreditAccountId() != "" && t.GetCreditAccountId() != pt.CreditAccountId {
 		return fail(stPendingNF, fmt.Sprintf("pending transfer %q credits %q, not %q", pid, pt.CreditAccountId, t.GetCreditAccountId()))
 	}

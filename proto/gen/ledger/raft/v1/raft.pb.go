@@ -1839,6 +1839,59 @@ type MetaCommand_Init struct {
 
 func (*MetaCommand_Init) isMetaCommand_Op() {}
 
+// MetaSnapshot is the meta group's snapshot.
+type MetaSnapshot struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Map           *ShardMap              `protobuf:"bytes,1,opt,name=map,proto3" json:"map,omitempty"`
+	Applied       uint64                 `protobuf:"varint,2,opt,name=applied,proto3" json:"applied,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetaSnapshot) Reset() {
+	*x = MetaSnapshot{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetaSnapshot) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetaSnapshot) ProtoMessage() {}
+
+func (x *MetaSnapshot) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetaSnapshot.ProtoReflect.Descriptor instead.
+func (*MetaSnapshot) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MetaSnapshot) GetMap() *ShardMap {
+	if x != nil {
+		return x.Map
+	}
+	return nil
+}
+
+func (x *MetaSnapshot) GetApplied() uint64 {
+	if x != nil {
+		return x.Applied
+	}
+	return 0
+}
+
 var File_ledger_raft_v1_raft_proto protoreflect.FileDescriptor
 
 const file_ledger_raft_v1_raft_proto_rawDesc = "" +
@@ -1963,7 +2016,10 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\x04zone\x18\x03 \x01(\tR\x04zone\"C\n" +
 	"\vMetaCommand\x12.\n" +
 	"\x04init\x18\x01 \x01(\v2\x18.ledger.raft.v1.ShardMapH\x00R\x04initB\x04\n" +
-	"\x02op*o\n" +
+	"\x02op\"T\n" +
+	"\fMetaSnapshot\x12*\n" +
+	"\x03map\x18\x01 \x01(\v2\x18.ledger.raft.v1.ShardMapR\x03map\x12\x18\n" +
+	"\aapplied\x18\x02 \x01(\x04R\aapplied*o\n" +
 	"\aRefusal\x12\x17\n" +
 	"\x13REFUSAL_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13REFUSAL_WRONG_SHARD\x10\x01\x12\x1b\n" +
@@ -2002,7 +2058,7 @@ func file_ledger_raft_v1_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_ledger_raft_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ledger_raft_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_ledger_raft_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ledger_raft_v1_raft_proto_goTypes = []any{
 	(Refusal)(0),              // 0: ledger.raft.v1.Refusal
 	(BranchState)(0),          // 1: ledger.raft.v1.BranchState
@@ -2030,11 +2086,12 @@ var file_ledger_raft_v1_raft_proto_goTypes = []any{
 	(*ShardReplicas)(nil),     // 23: ledger.raft.v1.ShardReplicas
 	(*NodeInfo)(nil),          // 24: ledger.raft.v1.NodeInfo
 	(*MetaCommand)(nil),       // 25: ledger.raft.v1.MetaCommand
-	(*v1.Account)(nil),        // 26: ledger.v1.Account
-	(*v1.Transfer)(nil),       // 27: ledger.v1.Transfer
-	(*v1.AccountResult)(nil),  // 28: ledger.v1.AccountResult
-	(*v1.TransferResult)(nil), // 29: ledger.v1.TransferResult
-	(v1.TransferStatus)(0),    // 30: ledger.v1.TransferStatus
+	(*MetaSnapshot)(nil),      // 26: ledger.raft.v1.MetaSnapshot
+	(*v1.Account)(nil),        // 27: ledger.v1.Account
+	(*v1.Transfer)(nil),       // 28: ledger.v1.Transfer
+	(*v1.AccountResult)(nil),  // 29: ledger.v1.AccountResult
+	(*v1.TransferResult)(nil), // 30: ledger.v1.TransferResult
+	(v1.TransferStatus)(0),    // 31: ledger.v1.TransferStatus
 }
 var file_ledger_raft_v1_raft_proto_depIdxs = []int32{
 	4,  // 0: ledger.raft.v1.Batch.commands:type_name -> ledger.raft.v1.Command
@@ -2043,39 +2100,40 @@ var file_ledger_raft_v1_raft_proto_depIdxs = []int32{
 	8,  // 3: ledger.raft.v1.Command.prepare:type_name -> ledger.raft.v1.PrepareBranches
 	9,  // 4: ledger.raft.v1.Command.resolve:type_name -> ledger.raft.v1.ResolveBranches
 	11, // 5: ledger.raft.v1.Command.assign_slots:type_name -> ledger.raft.v1.AssignSlots
-	26, // 6: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
-	27, // 7: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
+	27, // 6: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
+	28, // 7: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
 	7,  // 8: ledger.raft.v1.PrepareBranches.branches:type_name -> ledger.raft.v1.Branch
 	10, // 9: ledger.raft.v1.ResolveBranches.branches:type_name -> ledger.raft.v1.BranchRef
 	13, // 10: ledger.raft.v1.BatchResult.results:type_name -> ledger.raft.v1.CommandResult
 	0,  // 11: ledger.raft.v1.CommandResult.refusal:type_name -> ledger.raft.v1.Refusal
-	28, // 12: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
-	29, // 13: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
+	29, // 12: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
+	30, // 13: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
 	14, // 14: ledger.raft.v1.CommandResult.votes:type_name -> ledger.raft.v1.Vote
 	1,  // 15: ledger.raft.v1.Vote.state:type_name -> ledger.raft.v1.BranchState
-	30, // 16: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
+	31, // 16: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
 	7,  // 17: ledger.raft.v1.StoredBranch.branch:type_name -> ledger.raft.v1.Branch
 	1,  // 18: ledger.raft.v1.StoredBranch.state:type_name -> ledger.raft.v1.BranchState
-	30, // 19: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
-	27, // 20: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
-	30, // 21: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
+	31, // 19: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
+	28, // 20: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
+	31, // 21: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
 	2,  // 22: ledger.raft.v1.Event.kind:type_name -> ledger.raft.v1.EventKind
-	26, // 23: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
-	27, // 24: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
+	27, // 23: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
+	28, // 24: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
 	7,  // 25: ledger.raft.v1.Event.branch:type_name -> ledger.raft.v1.Branch
 	20, // 26: ledger.raft.v1.Query.accounts:type_name -> ledger.raft.v1.IdList
 	20, // 27: ledger.raft.v1.Query.transfers:type_name -> ledger.raft.v1.IdList
-	26, // 28: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
-	27, // 29: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
+	27, // 28: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
+	28, // 29: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
 	17, // 30: ledger.raft.v1.QueryResult.shard_state:type_name -> ledger.raft.v1.ShardState
 	23, // 31: ledger.raft.v1.ShardMap.shards:type_name -> ledger.raft.v1.ShardReplicas
 	24, // 32: ledger.raft.v1.ShardMap.nodes:type_name -> ledger.raft.v1.NodeInfo
 	22, // 33: ledger.raft.v1.MetaCommand.init:type_name -> ledger.raft.v1.ShardMap
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	22, // 34: ledger.raft.v1.MetaSnapshot.map:type_name -> ledger.raft.v1.ShardMap
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_ledger_raft_v1_raft_proto_init() }
@@ -2105,7 +2163,7 @@ func file_ledger_raft_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ledger_raft_v1_raft_proto_rawDesc), len(file_ledger_raft_v1_raft_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,277 @@
+// Package kvstore is the pebble storage shared by the on-disk state machines: one pebble
+// database per replica, the applied index stored with every batch of state changes,
+// streaming snapshots and a state hash.
+package kvstore
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cockroachdb/pebble"
+)
+
+// AppliedKey holds the raft index of the last applied entry, written in the same batch
+// as the state it produced.
+var AppliedKey = []byte("z/applied")
+
+// Limits.
+const (
+	cacheBytes          = 8 << 20
+	memTableBytes       = 8 << 20
+	snapshotBatchBytes  = 4 << 20
+	snapshotKeyBytesMax = 1 << 16
+	snapshotValBytesMax = 64 << 20
+)
+
+// Store is one replica's pebble database.
+type Store struct {
+	db *pebble.DB
+}
+
+// Open opens (or creates) the database in dir.
+func Open(dir string) (*Store, error) {
+	cache := pebble.NewCache(cacheBytes)
+	defer cache.Unref()
+	db, err := pebble.Open(dir, &pebble.Options{
+		Cache:        cache,
+		MemTableSize: memTableBytes,
+		MaxOpenFiles: 256,
+		Logger:       quietLogger{},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open pebble %s: %w", dir, err)
+	}
+	return &Store{db: db}, nil
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...interface{}) {}
+func (quietLogger) Fatalf(format string, args ...interface{}) {
+	panic(fmt.Sprintf("pebble: "+format, args...))
+}
+
+// Get implements ledger.Reader: (nil, false, nil) for a missing key; the value is a copy.
+func (s *Store) Get(key []byte) ([]byte, bool, error) {
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("pebble get: %w", err)
+	}
+	out := append([]byte(nil), v...)
+	if err := closer.Close(); err != nil {
+		return nil, false, fmt.Errorf("pebble get close: %w", err)
+	}
+	return out, true, nil
+}
+
+// Applied returns the last applied index (0 when new).
+func (s *Store) Applied() (uint64, error) {
+	v, ok, err := s.Get(AppliedKey)
+	if err != nil || !ok {
+		return 0, err
+	}
+	if len(v) != 8 {
+		return 0, fmt.Errorf("applied index has %d bytes", len(v))
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// Writes is a source of key/value writes (a ledger.Overlay).
+type Writes interface {
+	Writes(fn func(key, value []byte) error) error
+}
+
+// Commit writes w and the applied index in one batch. It does not fsync: raft's log is
+// durable and replays anything after the applied index; Sync makes it durable.
+func (s *Store) Commit(w Writes, applied uint64) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	if w != nil {
+		if err := w.Writes(func(k, v []byte) error { return b.Set(k, v, nil) }); err != nil {
+			return fmt.Errorf("batch set: %w", err)
+		}
+	}
+	if err := b.Set(AppliedKey, binary.BigEndian.AppendUint64(nil, applied), nil); err != nil {
+		return fmt.Errorf("batch set applied: %w", err)
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return fmt.Errorf("batch commit: %w", err)
+	}
+	return nil
+}
+
+// Sync makes every committed batch durable.
+func (s *Store) Sync() error {
+	if err := s.db.LogData(nil, pebble.Sync); err != nil {
+		return fmt.Errorf("pebble sync: %w", err)
+	}
+	return nil
+}
+
+// Close syncs and closes the database.
+func (s *Store) Close() error {
+	if s.db == nil {
+		return nil
+	}
+	err := s.Sync()
+	if cerr := s.db.Close(); err == nil {
+		err = cerr
+	}
+	s.db = nil
+	return err
+}
+
+// Snapshot is a point-in-time view for SaveSnapshot.
+type Snapshot struct{ snap *pebble.Snapshot }
+
+// NewSnapshot takes a consistent view; SaveSnapshot may run concurrently with updates.
+func (s *Store) NewSnapshot() *Snapshot { return &Snapshot{snap: s.db.NewSnapshot()} }
+
+// Close releases the view.
+func (sn *Snapshot) Close() error { return sn.snap.Close() }
+
+// Iterate calls fn for every key in order.
+func (sn *Snapshot) Iterate(fn func(k, v []byte) error) error {
+	it := sn.snap.NewIter(nil)
+	for ok := it.First(); ok; ok = it.Next() {
+		if err := fn(it.Key(), it.Value()); err != nil {
+			_ = it.Close()
+			return err
+		}
+	}
+	return it.Close()
+}
+
+// Save streams the view: (uvarint len, key, uvarint len, value)* then a zero length.
+func (sn *Snapshot) Save(w io.Writer, done <-chan struct{}) error {
+	bw := bufio.NewWriterSize(w, 1<<20)
+	var n [binary.MaxVarintLen64]byte
+	put := func(b []byte) error {
+		l := binary.PutUvarint(n[:], uint64(len(b)))
+		if _, err := bw.Write(n[:l]); err != nil {
+			return err
+		}
+		_, err := bw.Write(b)
+		return err
+	}
+	count := 0
+	err := sn.Iterate(func(k, v []byte) error {
+		if count++; count%4096 == 0 {
+			select {
+			case <-done:
+				return errors.New("snapshot save stopped")
+			default:
+			}
+		}
+		if len(k) == 0 {
+			return errors.New("empty key in store")
+		}
+		if err := put(k); err != nil {
+			return err
+		}
+		return put(v)
+	})
+	if err != nil {
+		return fmt.Errorf("save snapshot: %w", err)
+	}
+	if err := put(nil); err != nil {
+		return fmt.Errorf("save snapshot end: %w", err)
+	}
+	return bw.Flush()
+}
+
+// Hash is the state hash of the view: every key and value in order.
+func (sn *Snapshot) Hash(newHasher func() Hasher) ([]byte, error) {
+	h := newHasher()
+	err := sn.Iterate(func(k, v []byte) error { h.Add(k, v); return nil })
+	if err != nil {
+		return nil, err
+	}
+	return h.Sum(), nil
+}
+
+// Hasher hashes key/value pairs given in order.
+type Hasher interface {
+	Add(k, v []byte)
+	Sum() []byte
+}
+
+// Recover replaces the whole state (applied index included) with a stream from Save.
+func (s *Store) Recover(r io.Reader, done <-chan struct{}) error {
+	br := bufio.NewReaderSize(r, 1<<20)
+	b := s.db.NewBatch()
+	if err := b.DeleteRange([]byte{0}, []byte{0xff, 0xff, 0xff, 0xff}, nil); err != nil {
+		b.Close()
+		return fmt.Errorf("recover: clear: %w", err)
+	}
+	read := func(max uint64) ([]byte, error) {
+		l, err := binary.ReadUvarint(br)
+		if err != nil {
+			return nil, err
+		}
+		if l > max {
+			return nil, fmt.Errorf("record of %d bytes exceeds %d", l, max)
+		}
+		buf := make([]byte, l)
+		_, err = io.ReadFull(br, buf)
+		return buf, err
+	}
+	for {
+		k, err := read(snapshotKeyBytesMax)
+		if err != nil {
+			b.Close()
+			return fmt.Errorf("recover: read key: %w", err)
+		}
+		if len(k) == 0 {
+			break
+		}
+		v, err := read(snapshotValBytesMax)
+		if err != nil {
+			b.Close()
+			return fmt.Errorf("recover: read value: %w", err)
+		}
+		if err := b.Set(k, v, nil); err != nil {
+			b.Close()
+			return fmt.Errorf("recover: set: %w", err)
+		}
+		if b.Len() >= snapshotBatchBytes {
+			select {
+			case <-done:
+				b.Close()
+				return errors.New("recover stopped")
+			default:
+			}
+			if err := b.Commit(pebble.NoSync); err != nil {
+				b.Close()
+				return fmt.Errorf("recover: commit: %w", err)
+			}
+			b.Close()
+			b = s.db.NewBatch()
+		}
+	}
+	err := b.Commit(pebble.Sync)
+	b.Close()
+	if err != nil {
+		return fmt.Errorf("recover: commit: %w", err)
+	}
+	return nil
+}
+
+// Get reads one key from the view.
+func (sn *Snapshot) Get(key []byte) ([]byte, bool, error) {
+	v, closer, err := sn.snap.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("pebble snapshot get: %w", err)
+	}
+	out := append([]byte(nil), v...)
+	return out, true, closer.Close()
+}

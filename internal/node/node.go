@@ -1,0 +1,204 @@
+// Package node runs one ledger node: a dragonboat NodeHost hosting a replica of the meta
+// group and of every account shard, with the shard state machines on pebble.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/lni/dragonboat/v4"
+	"github.com/lni/dragonboat/v4/config"
+	"github.com/lni/dragonboat/v4/logger"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+
+	"github.com/shardledger/shardledger/ledger/ondisk"
+	"github.com/shardledger/shardledger/meta"
+)
+
+// MetaShardID is the raft shard id of the meta group. Account shard k is raft shard k.
+const MetaShardID uint64 = 1_000_000
+
+// Config describes one node.
+type Config struct {
+	NodeID      uint64
+	RaftAddress string
+	// Zone is a placement label reported in the cluster status.
+	Zone string
+	// DataDir holds this node's raft log and state machines.
+	DataDir string
+	// Members maps every node id of the cluster to its raft address. Every group has a
+	// replica on every member (3 or 5 nodes).
+	Members map[uint64]string
+	// ShardCount is the number of account shards (fixed at cluster creation).
+	ShardCount int
+	// RTTMillisecond is the network round trip dragonboat assumes (default 50).
+	RTTMillisecond uint64
+	// ElectionRTT in RTTs (default 10).
+	ElectionRTT uint64
+	Logger      *slog.Logger
+}
+
+// Node is a running node.
+type Node struct {
+	cfg Config
+	nh  *dragonboat.NodeHost
+	log *slog.Logger
+}
+
+// QuietDragonboat lowers dragonboat's own loggers to errors (elections are logged as warnings).
+func QuietDragonboat() {
+	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "raftpb", "logdb", "config", "settings", "grpc"} {
+		logger.GetLogger(name).SetLevel(logger.ERROR)
+	}
+}
+
+// Start starts the NodeHost and every replica. On a new data directory it creates the
+// groups with all members; on restart dragonboat uses what it recorded.
+func Start(cfg Config) (*Node, error) {
+	if cfg.NodeID == 0 || cfg.RaftAddress == "" || cfg.DataDir == "" {
+		return nil, errors.New("node: node id, raft address and data dir are required")
+	}
+	if _, ok := cfg.Members[cfg.NodeID]; !ok {
+		return nil, fmt.Errorf("node: members do not include node %d", cfg.NodeID)
+	}
+	if cfg.ShardCount <= 0 || cfg.ShardCount > 1024 {
+		return nil, fmt.Errorf("node: shard count %d out of range 1-1024", cfg.ShardCount)
+	}
+	if cfg.RTTMillisecond == 0 {
+		cfg.RTTMillisecond = 50
+	}
+	if cfg.ElectionRTT == 0 {
+		cfg.ElectionRTT = 10
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	raftDir := filepath.Join(cfg.DataDir, "raft")
+	smDir := filepath.Join(cfg.DataDir, "sm")
+	for _, d := range []string{raftDir, smDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("node: create %s: %w", d, err)
+		}
+	}
+	logdb := config.GetTinyMemLogDBConfig()
+	logdb.Shards = 2
+	nhc := config.NodeHostConfig{
+		NodeHostDir:    raftDir,
+		WALDir:         raftDir,
+		RTTMillisecond: cfg.RTTMillisecond,
+		RaftAddress:    cfg.RaftAddress,
+		Expert: config.ExpertConfig{
+			LogDB: logdb,
+			Engine: config.EngineConfig{ExecShards: 2, CommitShards: 2, ApplyShards: 2,
+				SnapshotShards: 2, CloseShards: 2},
+		},
+	}
+	nh, err := dragonboat.NewNodeHost(nhc)
+	if err != nil {
+		return nil, fmt.Errorf("node %d: new nodehost: %w", cfg.NodeID, err)
+	}
+	n := &Node{cfg: cfg, nh: nh, log: cfg.Logger.With("node", cfg.NodeID)}
+	if err := n.startReplicas(smDir); err != nil {
+		nh.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) groupConfig(shardID uint64) config.Config {
+	return config.Config{
+		ShardID:            shardID,
+		ReplicaID:          n.cfg.NodeID,
+		ElectionRTT:        n.cfg.ElectionRTT,
+		HeartbeatRTT:       1,
+		CheckQuorum:        true,
+		PreVote:            true,
+		SnapshotEntries:    10_000,
+		CompactionOverhead: 5_000,
+		MaxInMemLogSize:    256 << 20,
+	}
+}
+
+func (n *Node) startReplicas(smDir string) error {
+	members := n.cfg.Members
+	if n.nh.HasNodeInfo(MetaShardID, n.cfg.NodeID) {
+		members = nil // restart: dragonboat recorded the membership
+	}
+	if err := n.nh.StartReplica(members, false, meta.NewStateMachine, n.groupConfig(MetaShardID)); err != nil {
+		return fmt.Errorf("node %d: start meta replica: %w", n.cfg.NodeID, err)
+	}
+	factory := ondisk.Factory(smDir)
+	for _, id := range n.ShardIDs() {
+		m := n.cfg.Members
+		if n.nh.HasNodeInfo(id, n.cfg.NodeID) {
+			m = nil
+		}
+		if err := n.nh.StartOnDiskReplica(m, false, factory, n.groupConfig(id)); err != nil {
+			return fmt.Errorf("node %d: start shard %d: %w", n.cfg.NodeID, id, err)
+		}
+	}
+	return nil
+}
+
+// ID is the node id.
+func (n *Node) ID() uint64 { return n.cfg.NodeID }
+
+// RaftAddress is the node's raft address.
+func (n *Node) RaftAddress() string { return n.cfg.RaftAddress }
+
+// Zone is the node's placement label.
+func (n *Node) Zone() string { return n.cfg.Zone }
+
+// ShardIDs lists the account shards (1..ShardCount).
+func (n *Node) ShardIDs() []uint64 {
+	ids := make([]uint64, n.cfg.ShardCount)
+	for i := range ids {
+		ids[i] = uint64(i + 1)
+	}
+	return ids
+}
+
+// Members returns the cluster members sorted by id.
+func (n *Node) Members() []uint64 {
+	ids := make([]uint64, 0, len(n.cfg.Members))
+	for id := range n.cfg.Members {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}
+
+// MemberAddress returns a member's raft address.
+func (n *Node) MemberAddress(id uint64) string { return n.cfg.Members[id] }
+
+// Propose replicates cmd in a group and returns its result once applied here.
+func (n *Node) Propose(ctx context.Context, shardID uint64, cmd []byte) (sm.Result, error) {
+	return n.nh.SyncPropose(ctx, n.nh.GetNoOPSession(shardID), cmd)
+}
+
+// Read runs a query: linearizable through ReadIndex, or from the local replica when stale.
+func (n *Node) Read(ctx context.Context, shardID uint64, q interface{}, stale bool) (interface{}, error) {
+	if stale {
+		return n.nh.StaleRead(shardID, q)
+	}
+	return n.nh.SyncRead(ctx, shardID, q)
+}
+
+// Leader returns the group's leader as this node knows it.
+func (n *Node) Leader(shardID uint64) (leader, term uint64, ok bool) {
+	l, t, valid, err := n.nh.GetLeaderID(shardID)
+	return l, t, valid && err == nil
+}
+
+// Close stops every replica and the NodeHost.
+func (n *Node) Close() {
+	n.nh.Close()
+}
+
+// NodeHost exposes the NodeHost for tests and tools.
+func (n *Node) NodeHost() *dragonboat.NodeHost { return n.nh }

@@ -1,0 +1,368 @@
+// Package router serves the public Connect API: it validates requests, routes work by
+// slot to the owning shard, coalesces concurrent requests per shard into one raft entry,
+// and retries through leader changes and stale shard maps (safe: every write is
+// idempotent by its client-chosen id).
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lni/dragonboat/v4"
+	sm "github.com/lni/dragonboat/v4/statemachine"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shardledger/shardledger/internal/node"
+	"github.com/shardledger/shardledger/ledger/ondisk"
+	"github.com/shardledger/shardledger/meta"
+	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
+)
+
+// Backend is a node the router can propose to and read from (it hosts a replica of
+// every group). *node.Node implements it.
+type Backend interface {
+	ID() uint64
+	Propose(ctx context.Context, shardID uint64, cmd []byte) (sm.Result, error)
+	Read(ctx context.Context, shardID uint64, q interface{}, stale bool) (interface{}, error)
+	Leader(shardID uint64) (leader, term uint64, ok bool)
+}
+
+var _ Backend = (*node.Node)(nil)
+
+// Options bound the router's work.
+type Options struct {
+	// ProposalTimeout bounds one raft proposal or read.
+	ProposalTimeout time.Duration
+	// RequestTimeout bounds a whole client request (retries included).
+	RequestTimeout time.Duration
+	// RetryMax bounds the attempts of one shard command.
+	RetryMax int
+	// BatchItemsMax bounds the items (accounts, transfers) coalesced into one raft entry.
+	BatchItemsMax int
+	// InflightPerShard bounds concurrent proposals per shard.
+	InflightPerShard int
+	// QueuedPerShard bounds commands waiting per shard; past it: resource_exhausted.
+	QueuedPerShard int
+	// Now is the proposer's clock (time enters the log only here).
+	Now    func() time.Time
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.ProposalTimeout == 0 {
+		o.ProposalTimeout = 5 * time.Second
+	}
+	if o.RequestTimeout == 0 {
+		o.RequestTimeout = 20 * time.Second
+	}
+	if o.RetryMax == 0 {
+		o.RetryMax = 30
+	}
+	if o.BatchItemsMax == 0 {
+		o.BatchItemsMax = 16_000
+	}
+	if o.InflightPerShard == 0 {
+		o.InflightPerShard = 8
+	}
+	if o.QueuedPerShard == 0 {
+		o.QueuedPerShard = 4096
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Router routes requests to shards.
+type Router struct {
+	opts     Options
+	backends []Backend
+	log      *slog.Logger
+
+	shardMap  atomic.Pointer[raftv1.ShardMap]
+	refreshMu sync.Mutex
+
+	mu     sync.Mutex
+	queues map[uint64]*shardQueue
+	// preferred backend index per group, moved on errors.
+	prefMu sync.Mutex
+	pref   map[uint64]int
+
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// New returns a router over backends (at least one).
+func New(backends []Backend, opts Options) (*Router, error) {
+	if len(backends) == 0 {
+		return nil, errors.New("router: no backend")
+	}
+	opts.setDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Router{opts: opts, backends: backends, log: opts.Logger, queues: map[uint64]*shardQueue{},
+		pref: map[uint64]int{}, ctx: ctx, cancel: cancel}, nil
+}
+
+// Close stops the batchers.
+func (r *Router) Close() { r.cancel() }
+
+// errRetry wraps an error that a retry may cure.
+type errRetry struct{ err error }
+
+func (e errRetry) Error() string { return e.err.Error() }
+func (e errRetry) Unwrap() error { return e.err }
+
+// ErrOverloaded is returned when a shard's queue is full.
+var ErrOverloaded = errors.New("shard queue is full")
+
+func retryable(err error) bool {
+	var r errRetry
+	return errors.As(err, &r) || dragonboat.IsTempError(err)
+}
+
+// backend picks the backend for a group: the one hosting the leader if known, else the
+// preferred one (moved on errors).
+func (r *Router) backend(group uint64) (int, Backend) {
+	for i, b := range r.backends {
+		if l, _, ok := b.Leader(group); ok && l == b.ID() {
+			return i, b
+		}
+	}
+	r.prefMu.Lock()
+	i := r.pref[group] % len(r.backends)
+	r.prefMu.Unlock()
+	return i, r.backends[i]
+}
+
+func (r *Router) demote(group uint64, i int) {
+	r.prefMu.Lock()
+	if r.pref[group]%len(r.backends) == i {
+		r.pref[group] = i + 1
+	}
+	r.prefMu.Unlock()
+}
+
+// read runs a query on a group with retries.
+func (r *Router) read(ctx context.Context, group uint64, q interface{}, stale bool) (interface{}, error) {
+	var last error
+	for attempt := 0; attempt < r.opts.RetryMax; attempt++ {
+		i, b := r.backend(group)
+		pctx, cancel := context.WithTimeout(ctx, r.opts.ProposalTimeout)
+		res, err := b.Read(pctx, group, q, stale)
+		cancel()
+		if err == nil {
+			return res, nil
+		}
+		last = err
+		if !retryable(err) || ctx.Err() != nil {
+			break
+		}
+		r.demote(group, i)
+		if err := sleep(ctx, backoff(attempt)); err != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("read group %d: %w", group, last)
+}
+
+func backoff(attempt int) time.Duration {
+	d := 5 * time.Millisecond << min(attempt, 7)
+	return min(d, 500*time.Millisecond)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Map returns the cached shard map, loading it when absent.
+func (r *Router) Map(ctx context.Context) (*raftv1.ShardMap, error) {
+	if m := r.shardMap.Load(); m != nil {
+		return m, nil
+	}
+	return r.RefreshMap(ctx, 0)
+}
+
+// RefreshMap reloads the shard map from the meta group unless the cache already has an
+// epoch newer than seen.
+func (r *Router) RefreshMap(ctx context.Context, seen uint64) (*raftv1.ShardMap, error) {
+	r.refreshMu.Lock()
+	defer r.refreshMu.Unlock()
+	if m := r.shardMap.Load(); m != nil && m.Epoch > seen {
+		return m, nil
+	}
+	res, err := r.read(ctx, node.MetaShardID, meta.Query{}, false)
+	if err != nil {
+		return nil, fmt.Errorf("load shard map: %w", err)
+	}
+	m := res.(meta.QueryResult).Map
+	if m.GetEpoch() == 0 {
+		return nil, errRetry{errors.New("the cluster is not bootstrapped yet")}
+	}
+	r.shardMap.Store(m)
+	return m, nil
+}
+
+// --- per-shard batching ---
+
+type pending struct {
+	cmd  *raftv1.Command
+	size int
+	done chan outcome
+}
+
+type outcome struct {
+	res *raftv1.CommandResult
+	err error
+}
+
+type shardQueue struct {
+	ch  chan *pending
+	sem chan struct{}
+}
+
+func (r *Router) queue(shardID uint64) *shardQueue {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q, ok := r.queues[shardID]
+	if !ok {
+		q = &shardQueue{ch: make(chan *pending, r.opts.QueuedPerShard), sem: make(chan struct{}, r.opts.InflightPerShard)}
+		r.queues[shardID] = q
+		go r.runQueue(shardID, q)
+	}
+	return q
+}
+
+// runQueue coalesces waiting commands into one raft entry per proposal. While every
+// in-flight slot is busy, commands accumulate and the next entry carries them all.
+func (r *Router) runQueue(shardID uint64, q *shardQueue) {
+	var carry *pending
+	for {
+		first := carry
+		carry = nil
+		if first == nil {
+			select {
+			case <-r.ctx.Done():
+				return
+			case first = <-q.ch:
+			}
+		}
+		select {
+		case <-r.ctx.Done():
+			first.done <- outcome{err: errRetry{errors.New("router closed")}}
+			return
+		case q.sem <- struct{}{}:
+		}
+		batch, size := []*pending{first}, first.size
+	drain:
+		for size < r.opts.BatchItemsMax {
+			select {
+			case p := <-q.ch:
+				if size+p.size > r.opts.BatchItemsMax {
+					carry = p
+					break drain
+				}
+				batch, size = append(batch, p), size+p.size
+			default:
+				break drain
+			}
+		}
+		go func() {
+			defer func() { <-q.sem }()
+			r.proposeBatch(shardID, batch)
+		}()
+	}
+}
+
+func (r *Router) proposeBatch(shardID uint64, batch []*pending) {
+	b := &raftv1.Batch{Commands: make([]*raftv1.Command, len(batch))}
+	for i, p := range batch {
+		b.Commands[i] = p.cmd
+	}
+	fail := func(err error) {
+		for _, p := range batch {
+			p.done <- outcome{err: err}
+		}
+	}
+	data, err := proto.Marshal(b)
+	if err != nil {
+		fail(fmt.Errorf("marshal batch: %w", err))
+		return
+	}
+	i, be := r.backend(shardID)
+	ctx, cancel := context.WithTimeout(r.ctx, r.opts.ProposalTimeout)
+	res, err := be.Propose(ctx, shardID, data)
+	cancel()
+	if err != nil {
+		if dragonboat.IsTempError(err) {
+			r.demote(shardID, i)
+			err = errRetry{err}
+		}
+		fail(fmt.Errorf("propose to shard %d: %w", shardID, err))
+		return
+	}
+	out := &raftv1.BatchResult{}
+	if res.Value != ondisk.ResultApplied {
+		fail(fmt.Errorf("shard %d: unexpected result code %d", shardID, res.Value))
+		return
+	}
+	if err := proto.Unmarshal(res.Data, out); err != nil || len(out.Results) != len(batch) {
+		fail(fmt.Errorf("shard %d: bad batch result (%d results for %d commands): %v", shardID, len(out.Results), len(batch), err))
+		return
+	}
+	for i, p := range batch {
+		p.done <- outcome{res: out.Results[i]}
+	}
+}
+
+// submit sends one command to a shard's batcher and waits for its result.
+func (r *Router) submit(ctx context.Context, shardID uint64, cmd *raftv1.Command, size int) (*raftv1.CommandResult, error) {
+	p := &pending{cmd: cmd, size: size, done: make(chan outcome, 1)}
+	q := r.queue(shardID)
+	select {
+	case q.ch <- p:
+	default:
+		return nil, ErrOverloaded
+	}
+	select {
+	case o := <-p.done:
+		return o.res, o.err
+	case <-ctx.Done():
+		// The command may still be applied; a retry with the same ids is safe.
+		return nil, ctx.Err()
+	}
+}
+
+// exec runs one command on a shard, retrying temporary failures. The command is
+// idempotent by its ids, so a retry after an unknown outcome is safe.
+func (r *Router) exec(ctx context.Context, shardID uint64, cmd *raftv1.Command, size int) (*raftv1.CommandResult, error) {
+	var last error
+	for attempt := 0; attempt < r.opts.RetryMax; attempt++ {
+		cmd.TimestampUnixNano = r.opts.Now().UnixNano()
+		res, err := r.submit(ctx, shardID, cmd, size)
+		if err == nil {
+			return res, nil
+		}
+		last = err
+		if !retryable(err) || ctx.Err() != nil {
+			return nil, err
+		}
+		if err := sleep(ctx, backoff(attempt)); err != nil {
+			return nil, last
+		}
+	}
+	return nil, last
+}

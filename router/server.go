@@ -1,0 +1,37 @@
+package router
+
+import (
+	"net/http"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+
+	"github.com/shardledger/shardledger/proto/gen/ledger/v1/ledgerv1connect"
+)
+
+// MessageBytesMax bounds a request message; above it the answer is resource_exhausted.
+const MessageBytesMax = 8 << 20
+
+// Handler serves LedgerService, AdminService, gRPC health and reflection on one mux
+// (Connect, gRPC and gRPC-Web).
+func (r *Router) Handler(extra ...connect.HandlerOption) http.Handler {
+	opts := append([]connect.HandlerOption{connect.WithReadMaxBytes(MessageBytesMax)}, extra...)
+	mux := http.NewServeMux()
+	mux.Handle(ledgerv1connect.NewLedgerServiceHandler(r, opts...))
+	mux.Handle(ledgerv1connect.NewAdminServiceHandler(r.Admin(), opts...))
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(
+		ledgerv1connect.LedgerServiceName, ledgerv1connect.AdminServiceName)))
+	reflector := grpcreflect.NewStaticReflector(ledgerv1connect.LedgerServiceName, ledgerv1connect.AdminServiceName)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	return mux
+}
+
+// Server returns an HTTP server for the handler speaking HTTP/1.1 and cleartext HTTP/2.
+func Server(addr string, h http.Handler) *http.Server {
+	p := new(http.Protocols)
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{Addr: addr, Handler: h, Protocols: p, ReadHeaderTimeout: 10e9}
+}
