@@ -11,7 +11,9 @@ import (
 )
 
 // violations collects field-level problems of a request.
-type violations struct{ v []*errdetails.BadRequest_FieldViolation }
+type violations struct {
+	v []*errdetails.BadRequest_FieldViolation
+}
 
 func (vs *violations) add(field string, err error) {
 	if err != nil && len(vs.v) < 100 {
