@@ -55,7 +55,9 @@ type Options struct {
 
 func (o *Options) setDefaults() {
 	if o.ProposalTimeout == 0 {
-		o.ProposalTimeout = 5 * time.Second
+		// Short: a proposal forwarded to a leader that died is only given up at the
+		// deadline, and the retry goes to the new leader.
+		o.ProposalTimeout = 2 * time.Second
 	}
 	if o.RequestTimeout == 0 {
 		o.RequestTimeout = 20 * time.Second
