@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestDevClusterProcessRestart runs the real `ledgerd dev` process, talks Connect JSON to
+// it as the README does, stops it with SIGTERM and starts it again on the same data
+// directory: every account and transfer is still there.
+func TestDevClusterProcessRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: builds and runs the ledgerd binary")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "ledgerd")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	listen := freeAddr(t)
+	raftBase := freePortRun(t, 3)
+	data := filepath.Join(dir, "data")
+	start := func() (*exec.Cmd, *bytes.Buffer) {
+		var out bytes.Buffer
+		cmd := exec.Command(bin, "dev", "--data-dir", data, "--listen", listen, "--raft-port-base", fmt.Sprint(raftBase))
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitHealthy(t, "http://"+listen, &out)
+		return cmd, &out
+	}
+	stop := func(cmd *exec.Cmd, out *bytes.Buffer) {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("ledgerd dev exited with %v\n%s", err, out)
+			}
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Fatalf("ledgerd dev did not stop on SIGTERM\n%s", out)
+		}
+	}
+	base := "http://" + listen + "/ledger.v1.LedgerService/"
+	cmd, out := start()
+	if !strings.Contains(out.String(), "curl") {
+		t.Errorf("dev banner does not show how to call the cluster:\n%s", out)
+	}
+	post(t, base+"CreateAccounts", `{"accounts":[{"id":"alice","currency":"USD"},{"id":"bob","currency":"USD"}]}`, `ACCOUNT_STATUS_CREATED`)
+	post(t, base+"CreateTransfers", `{"transfers":[{"id":"t1","debitAccountId":"alice","creditAccountId":"bob","amount":"100","currency":"USD"}]}`, `TRANSFER_STATUS_CREATED`)
+	stop(cmd, out)
+
+	cmd, out = start()
+	defer stop(cmd, out)
+	got := post(t, base+"GetAccounts", `{"ids":["alice","bob"]}`, `"creditsPosted":"100"`)
+	if !strings.Contains(got, `"debitsPosted":"100"`) {
+		t.Fatalf("after restart: %s", got)
+	}
+	post(t, base+"CreateTransfers", `{"transfers":[{"id":"t1","debitAccountId":"alice","creditAccountId":"bob","amount":"100","currency":"USD"}]}`, `TRANSFER_STATUS_EXISTS`)
+}
+
+func post(t *testing.T, url, body, want string) string {
+	t.Helper()
+	res, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("POST %s: %v", url, err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
+		t.Fatalf("POST %s: %d %s (want %s)", url, res.StatusCode, b, want)
+	}
+	return string(b)
+}
+
+func waitHealthy(t *testing.T, base string, out *bytes.Buffer) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for ctx.Err() == nil {
+		res, err := http.Post(base+"/ledger.v1.AdminService/GetShardMap", "application/json", strings.NewReader("{}"))
+		if err == nil {
+			var m map[string]any
+			_ = json.NewDecoder(res.Body).Decode(&m)
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK && m["epoch"] != nil {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("ledgerd dev did not become ready\n%s", out)
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// freePortRun finds n consecutive free loopback ports.
+func freePortRun(t *testing.T, n int) int {
+	for base := 20000 + os.Getpid()%20000; base < 60000; base += n {
+		ok := true
+		var ls []net.Listener
+		for i := 0; i < n; i++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
+			if err != nil {
+				ok = false
+				break
+			}
+			ls = append(ls, l)
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatal("no free port run")
+	return 0
+}
