@@ -17,6 +17,11 @@ import (
 // as the state it produced.
 var AppliedKey = []byte("z/applied")
 
+// ErrStopped is returned (possibly wrapped) by Save and Recover when done is closed. The
+// on-disk state machine must turn it into dragonboat's ErrSnapshotStopped: any other
+// error from SaveSnapshot or RecoverFromSnapshot stops the NodeHost with a panic.
+var ErrStopped = errors.New("snapshot stopped")
+
 // Limits.
 const (
 	cacheBytes          = 8 << 20
@@ -165,7 +170,7 @@ func (sn *Snapshot) Save(w io.Writer, done <-chan struct{}) error {
 		if count++; count%4096 == 0 {
 			select {
 			case <-done:
-				return errors.New("snapshot save stopped")
+				return ErrStopped
 			default:
 			}
 		}
@@ -244,7 +249,7 @@ func (s *Store) Recover(r io.Reader, done <-chan struct{}) error {
 			select {
 			case <-done:
 				b.Close()
-				return errors.New("recover stopped")
+				return fmt.Errorf("recover: %w", ErrStopped)
 			default:
 			}
 			if err := b.Commit(pebble.NoSync); err != nil {

@@ -141,12 +141,22 @@ func (s *StateMachine) SaveSnapshot(ctx interface{}, w io.Writer, done <-chan st
 		return fmt.Errorf("save snapshot: unexpected context %T", ctx)
 	}
 	defer sn.Close()
-	return sn.Save(w, done)
+	return snapshotErr(sn.Save(w, done))
 }
 
 // RecoverFromSnapshot replaces the whole state with the snapshot's.
 func (s *StateMachine) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
-	return s.store.Recover(r, done)
+	return snapshotErr(s.store.Recover(r, done))
+}
+
+// snapshotErr reports a stop requested through done as sm.ErrSnapshotStopped: dragonboat
+// panics on any other error from RecoverFromSnapshot, and on any from SaveSnapshot but
+// ErrSnapshotStopped, ErrSnapshotAborted and ErrSnapshotStreaming.
+func snapshotErr(err error) error {
+	if errors.Is(err, kvstore.ErrStopped) {
+		return sm.ErrSnapshotStopped
+	}
+	return err
 }
 
 // Close syncs and closes the store.
