@@ -34,7 +34,15 @@ func (a *Applier) getBranch(accountID, txnID string, index uint32) (*raftv1.Stor
 
 func (a *Applier) putBranch(rec *raftv1.StoredBranch) {
 	b := rec.Branch
-	a.ov.Set(branchKey(a.slot(b.AccountId), b.TxnId, b.Index), mustMarshal(rec))
+	bk := branchKey(a.slot(b.AccountId), b.TxnId, b.Index)
+	a.ov.Set(bk, mustMarshal(rec))
+	// Prepared branches are indexed: the shard's resolver asks the coordinator about
+	// old ones, and audits sum what they hold.
+	if rec.State == brPrepared {
+		a.ov.Set(preparedKey(bk), bk)
+	} else {
+		a.ov.Delete(preparedKey(bk))
+	}
 }
 
 func voteOf(rec *raftv1.StoredBranch, msg string) *raftv1.Vote {
@@ -57,7 +65,8 @@ func (a *Applier) prepare(p *raftv1.PrepareBranches) (*raftv1.CommandResult, err
 			res.Votes = append(res.Votes, voteOf(old, ""))
 			continue
 		}
-		rec := &raftv1.StoredBranch{Branch: proto.Clone(b).(*raftv1.Branch), State: brPrepared, Status: stCreated}
+		rec := &raftv1.StoredBranch{Branch: proto.Clone(b).(*raftv1.Branch), State: brPrepared, Status: stCreated,
+			PreparedAtUnixNano: a.now}
 		s, msg, err := a.reserve(b)
 		if err != nil {
 			return nil, err
@@ -160,6 +169,15 @@ func (a *Applier) commitBranch(ref *raftv1.BranchRef, rec *raftv1.StoredBranch) 
 		return voteOf(rec, fmt.Sprintf("cannot commit a branch in state %s", rec.State)), nil
 	}
 	b := rec.Branch
+	// A partial commit (a TCC post of less than the reservation) posts ref.Amount and
+	// releases the rest.
+	posted := b.Amount
+	if ref.Amount > b.Amount {
+		return voteOf(rec, fmt.Sprintf("commit amount %d exceeds the reserved %d", ref.Amount, b.Amount)), nil
+	}
+	if ref.Amount > 0 {
+		posted = ref.Amount
+	}
 	acc, err := a.getAccount(b.AccountId)
 	if err != nil {
 		return nil, err
@@ -172,18 +190,18 @@ func (a *Applier) commitBranch(ref *raftv1.BranchRef, rec *raftv1.StoredBranch) 
 			return nil, fmt.Errorf("branch %q/%d holds %d but account holds %d", b.TxnId, b.Index, b.Amount, acc.DebitsPending)
 		}
 		acc.DebitsPending -= b.Amount
-		acc.DebitsPosted += b.Amount // no overflow: posted+pending was checked at prepare
+		acc.DebitsPosted += posted // no overflow: posted+pending was checked at prepare
 	} else {
 		if acc.CreditsPending < b.Amount {
 			return nil, fmt.Errorf("branch %q/%d holds %d but account holds %d", b.TxnId, b.Index, b.Amount, acc.CreditsPending)
 		}
 		acc.CreditsPending -= b.Amount
-		acc.CreditsPosted += b.Amount
+		acc.CreditsPosted += posted
 	}
 	a.putAccount(acc)
 	rec.State = brCommitted
 	a.putBranch(rec)
-	a.emit(&raftv1.Event{Kind: raftv1.EventKind_EVENT_KIND_BRANCH_COMMITTED, Slot: a.slot(b.AccountId), Branch: b, Amount: b.Amount})
+	a.emit(&raftv1.Event{Kind: raftv1.EventKind_EVENT_KIND_BRANCH_COMMITTED, Slot: a.slot(b.AccountId), Branch: b, Amount: posted})
 	return voteOf(rec, ""), nil
 }
 

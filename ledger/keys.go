@@ -30,6 +30,8 @@ const (
 	prefixIndex    byte = 'i' // transfer id -> slot of the record
 	prefixShard    byte = 'm'
 	prefixTransfer byte = 't'
+	prefixPrepared byte = 'w' // open (prepared) branch -> its branch key
+	prefixPending  byte = 'x' // open pending transfer -> its transfer key
 	// PrefixAdapter is reserved for the storage adapter (applied index and the like).
 	PrefixAdapter byte = 'z'
 )
@@ -62,3 +64,7 @@ var shardStateKey = []byte{prefixShard}
 
 // EventKeyPrefix bounds the event log for readers.
 func EventKey(seq uint64) []byte { return eventKey(seq) }
+
+func preparedKey(branchKey []byte) []byte { return append([]byte{prefixPrepared}, branchKey...) }
+
+func pendingKey(transferKey []byte) []byte { return append([]byte{prefixPending}, transferKey...) }

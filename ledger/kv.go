@@ -33,7 +33,7 @@ func NewOverlay(base Reader) *Overlay {
 // Get reads through the overlay.
 func (o *Overlay) Get(key []byte) ([]byte, bool, error) {
 	if v, ok := o.writes[string(key)]; ok {
-		return v, true, nil
+		return v, v != nil, nil
 	}
 	v, ok, err := o.base.Get(key)
 	if err != nil {
@@ -42,8 +42,18 @@ func (o *Overlay) Get(key []byte) ([]byte, bool, error) {
 	return v, ok, nil
 }
 
-// Set buffers a write.
+// Delete buffers a deletion (a nil value in Writes).
+func (o *Overlay) Delete(key []byte) { o.set(key, nil) }
+
+// Set buffers a write. The value must not be nil.
 func (o *Overlay) Set(key, value []byte) {
+	if value == nil {
+		value = []byte{}
+	}
+	o.set(key, value)
+}
+
+func (o *Overlay) set(key, value []byte) {
 	k := string(key)
 	prev, had := o.writes[k]
 	o.journal = append(o.journal, undo{key: k, prev: prev, had: had})
@@ -69,7 +79,7 @@ func (o *Overlay) Rollback(mark int) {
 // Len is the number of keys written.
 func (o *Overlay) Len() int { return len(o.writes) }
 
-// Writes calls fn for every buffered write in key order.
+// Writes calls fn for every buffered write in key order; a nil value is a deletion.
 func (o *Overlay) Writes(fn func(key, value []byte) error) error {
 	keys := make([]string, 0, len(o.writes))
 	for k := range o.writes {
@@ -82,4 +92,10 @@ func (o *Overlay) Writes(fn func(key, value []byte) error) error {
 		}
 	}
 	return nil
+}
+
+// Scanner iterates committed state in key order (storage adapters and MemStore).
+type Scanner interface {
+	Reader
+	Scan(prefix []byte, fn func(key, value []byte) error) error
 }

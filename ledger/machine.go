@@ -106,6 +106,8 @@ func (a *Applier) apply(c *raftv1.Command) (*raftv1.CommandResult, error) {
 		return a.prepare(op.Prepare)
 	case *raftv1.Command_Resolve:
 		return a.resolve(op.Resolve)
+	case *raftv1.Command_ExpirePending:
+		return a.expirePending(op.ExpirePending)
 	default:
 		return &raftv1.CommandResult{Refusal: raftv1.Refusal_REFUSAL_MALFORMED,
 			Message: fmt.Sprintf("unknown command %T", op)}, nil
@@ -140,6 +142,10 @@ func (a *Applier) checkSlots(c *raftv1.Command) *raftv1.CommandResult {
 	case *raftv1.Command_Resolve:
 		for _, b := range op.Resolve.GetBranches() {
 			ids = append(ids, b.GetAccountId())
+		}
+	case *raftv1.Command_ExpirePending:
+		for _, t := range op.ExpirePending.GetTransfers() {
+			ids = append(ids, t.GetDebitAccountId())
 		}
 	}
 	for _, id := range ids {

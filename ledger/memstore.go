@@ -23,9 +23,30 @@ func (m *MemStore) Get(key []byte) ([]byte, bool, error) {
 // Commit applies an overlay's writes.
 func (m *MemStore) Commit(o *Overlay) {
 	_ = o.Writes(func(k, v []byte) error {
+		if v == nil {
+			delete(m.kv, string(k))
+			return nil
+		}
 		m.kv[string(k)] = append([]byte(nil), v...)
 		return nil
 	})
+}
+
+// Scan implements Scanner.
+func (m *MemStore) Scan(prefix []byte, fn func(k, v []byte) error) error {
+	var keys []string
+	for k := range m.kv {
+		if len(k) >= len(prefix) && k[:len(prefix)] == string(prefix) {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if err := fn([]byte(k), m.kv[k]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Hash is the state hash: SHA-256 over every (key, value) in key order.

@@ -167,8 +167,15 @@ func (a *Applier) getTransfer(debitID, id string) (*raftv1.StoredTransfer, error
 func (a *Applier) putTransfer(rec *raftv1.StoredTransfer) {
 	t := rec.Transfer
 	slot := a.slot(t.DebitAccountId)
-	a.ov.Set(transferKey(slot, t.Id), mustMarshal(rec))
+	tk := transferKey(slot, t.Id)
+	a.ov.Set(tk, mustMarshal(rec))
 	a.ov.Set(indexKey(t.Id), slotKey(prefixIndex, slot, ""))
+	// Open pending transfers are indexed for expiry and audits.
+	if t.Pending && t.State == statePending {
+		a.ov.Set(pendingKey(tk), tk)
+	} else if t.Pending {
+		a.ov.Delete(pendingKey(tk))
+	}
 }
 
 // sameTransferFields compares what the client chose (not linked, not ledger-set fields).
@@ -340,11 +347,9 @@ func (a *Applier) resolvePending(t *ledgerv1.Transfer) (outcome, error) {
 	}
 	if p.ExpiresAtUnixNano > 0 && a.now >= p.ExpiresAtUnixNano {
 		// Expired by the logged clock: release the reservation now (deterministic).
-		release(stateExpired)
-		a.putAccount(dr)
-		a.putAccount(cr)
-		a.putTransfer(p)
-		a.emit(&raftv1.Event{Kind: raftv1.EventKind_EVENT_KIND_PENDING_EXPIRED, Slot: a.slot(pt.DebitAccountId), Transfer: pt, Amount: held})
+		if err := a.expire(p); err != nil {
+			return outcome{}, err
+		}
 		return fail(stExpired, fmt.Sprintf("pending transfer %q expired", pid))
 	}
 	amt := held
@@ -379,4 +384,62 @@ func (a *Applier) resolvePending(t *ledgerv1.Transfer) (outcome, error) {
 	a.putTransfer(rec)
 	a.emit(&raftv1.Event{Kind: kind, Slot: a.slot(pt.DebitAccountId), Transfer: rec.Transfer, Amount: rec.Amount})
 	return outcome{status: stCreated, fresh: true}, nil
+}
+
+// expirePending releases the named pending transfers whose timeout has passed by the
+// command's time (the proposer found them; the state machine decides).
+func (a *Applier) expirePending(e *raftv1.ExpirePending) (*raftv1.CommandResult, error) {
+	res := &raftv1.CommandResult{}
+	for _, ref := range e.GetTransfers() {
+		r := &ledgerv1.TransferResult{Id: ref.GetId(), Status: stPendingNF}
+		res.Transfers = append(res.Transfers, r)
+		if ValidateID(ref.GetId()) != nil || ValidateID(ref.GetDebitAccountId()) != nil {
+			continue
+		}
+		p, err := a.getTransfer(ref.GetDebitAccountId(), ref.GetId())
+		if err != nil {
+			return nil, err
+		}
+		if p == nil || p.Status != stCreated || !p.Transfer.GetPending() {
+			continue
+		}
+		if p.Transfer.State != statePending || p.ExpiresAtUnixNano == 0 || a.now < p.ExpiresAtUnixNano {
+			r.Status, r.Message = stCreated, "not expired"
+			continue
+		}
+		if err := a.expire(p); err != nil {
+			return nil, err
+		}
+		r.Status = stExpired
+	}
+	return res, nil
+}
+
+// expire releases an expired pending transfer's reservation.
+func (a *Applier) expire(p *raftv1.StoredTransfer) error {
+	pt := p.Transfer
+	dr, err := a.getAccount(pt.DebitAccountId)
+	if err != nil {
+		return err
+	}
+	cr, err := a.getAccount(pt.CreditAccountId)
+	if err != nil {
+		return err
+	}
+	if dr == nil || cr == nil {
+		return fmt.Errorf("pending transfer %q names a missing account", pt.Id)
+	}
+	held := p.PendingAmount
+	if dr.DebitsPending < held || cr.CreditsPending < held {
+		return fmt.Errorf("pending transfer %q holds %d but accounts hold %d/%d", pt.Id, held, dr.DebitsPending, cr.CreditsPending)
+	}
+	dr.DebitsPending -= held
+	cr.CreditsPending -= held
+	p.PendingAmount = 0
+	pt.State = stateExpired
+	a.putAccount(dr)
+	a.putAccount(cr)
+	a.putTransfer(p)
+	a.emit(&raftv1.Event{Kind: raftv1.EventKind_EVENT_KIND_PENDING_EXPIRED, Slot: a.slot(pt.DebitAccountId), Transfer: pt, Amount: held})
+	return nil
 }

@@ -98,7 +98,12 @@ func (s *Store) Commit(w Writes, applied uint64) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	if w != nil {
-		if err := w.Writes(func(k, v []byte) error { return b.Set(k, v, nil) }); err != nil {
+		if err := w.Writes(func(k, v []byte) error {
+			if v == nil {
+				return b.Delete(k, nil)
+			}
+			return b.Set(k, v, nil)
+		}); err != nil {
 			return fmt.Errorf("batch set: %w", err)
 		}
 	}
@@ -151,6 +156,30 @@ func (sn *Snapshot) Iterate(fn func(k, v []byte) error) error {
 		}
 	}
 	return it.Close()
+}
+
+// Scan calls fn for every key with the prefix, in order.
+func (sn *Snapshot) Scan(prefix []byte, fn func(k, v []byte) error) error {
+	it := sn.snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	for ok := it.First(); ok; ok = it.Next() {
+		if err := fn(it.Key(), it.Value()); err != nil {
+			_ = it.Close()
+			return err
+		}
+	}
+	return it.Close()
+}
+
+// prefixEnd is the smallest key after every key with the prefix (nil: no bound).
+func prefixEnd(prefix []byte) []byte {
+	end := append([]byte(nil), prefix...)
+	for i := len(end) - 1; i >= 0; i-- {
+		if end[i] < 0xff {
+			end[i]++
+			return end[:i+1]
+		}
+	}
+	return nil
 }
 
 // Save streams the view: (uvarint len, key, uvarint len, value)* then a zero length.

@@ -117,6 +117,14 @@ func Read(st *kvstore.Store, q *raftv1.Query) (*raftv1.QueryResult, error) {
 				out.AppliedIndex = binary.BigEndian.Uint64(v)
 			}
 		}
+	case *raftv1.Query_OpenWork:
+		sn := st.NewSnapshot()
+		defer sn.Close()
+		out.Prepared, out.Pending, err = ledger.ReadOpenWork(sn)
+	case *raftv1.Query_Totals:
+		sn := st.NewSnapshot()
+		defer sn.Close()
+		out.Totals, err = ledger.ReadTotals(sn)
 	case *raftv1.Query_ShardState:
 		out.ShardState, err = ledger.LoadShardState(st)
 		if err == nil {

@@ -22,6 +22,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TxnDecision is a coordinator's decision on a transaction.
+type TxnDecision int32
+
+const (
+	TxnDecision_TXN_DECISION_UNSPECIFIED TxnDecision = 0
+	// Every branch prepared: post them.
+	TxnDecision_TXN_DECISION_COMMIT TxnDecision = 1
+	// Release every branch.
+	TxnDecision_TXN_DECISION_ABORT TxnDecision = 2
+	// Two-phase (TCC) Try: every branch prepared and held until post, void or expiry.
+	TxnDecision_TXN_DECISION_HOLD TxnDecision = 3
+)
+
+// Enum value maps for TxnDecision.
+var (
+	TxnDecision_name = map[int32]string{
+		0: "TXN_DECISION_UNSPECIFIED",
+		1: "TXN_DECISION_COMMIT",
+		2: "TXN_DECISION_ABORT",
+		3: "TXN_DECISION_HOLD",
+	}
+	TxnDecision_value = map[string]int32{
+		"TXN_DECISION_UNSPECIFIED": 0,
+		"TXN_DECISION_COMMIT":      1,
+		"TXN_DECISION_ABORT":       2,
+		"TXN_DECISION_HOLD":        3,
+	}
+)
+
+func (x TxnDecision) Enum() *TxnDecision {
+	p := new(TxnDecision)
+	*p = x
+	return p
+}
+
+func (x TxnDecision) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TxnDecision) Descriptor() protoreflect.EnumDescriptor {
+	return file_ledger_raft_v1_raft_proto_enumTypes[0].Descriptor()
+}
+
+func (TxnDecision) Type() protoreflect.EnumType {
+	return &file_ledger_raft_v1_raft_proto_enumTypes[0]
+}
+
+func (x TxnDecision) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TxnDecision.Descriptor instead.
+func (TxnDecision) EnumDescriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{0}
+}
+
 // Refusal tells why a whole command was refused without any effect.
 type Refusal int32
 
@@ -62,11 +118,11 @@ func (x Refusal) String() string {
 }
 
 func (Refusal) Descriptor() protoreflect.EnumDescriptor {
-	return file_ledger_raft_v1_raft_proto_enumTypes[0].Descriptor()
+	return file_ledger_raft_v1_raft_proto_enumTypes[1].Descriptor()
 }
 
 func (Refusal) Type() protoreflect.EnumType {
-	return &file_ledger_raft_v1_raft_proto_enumTypes[0]
+	return &file_ledger_raft_v1_raft_proto_enumTypes[1]
 }
 
 func (x Refusal) Number() protoreflect.EnumNumber {
@@ -75,7 +131,7 @@ func (x Refusal) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Refusal.Descriptor instead.
 func (Refusal) EnumDescriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{0}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{1}
 }
 
 // BranchState is the state of a branch on its participant shard.
@@ -118,11 +174,11 @@ func (x BranchState) String() string {
 }
 
 func (BranchState) Descriptor() protoreflect.EnumDescriptor {
-	return file_ledger_raft_v1_raft_proto_enumTypes[1].Descriptor()
+	return file_ledger_raft_v1_raft_proto_enumTypes[2].Descriptor()
 }
 
 func (BranchState) Type() protoreflect.EnumType {
-	return &file_ledger_raft_v1_raft_proto_enumTypes[1]
+	return &file_ledger_raft_v1_raft_proto_enumTypes[2]
 }
 
 func (x BranchState) Number() protoreflect.EnumNumber {
@@ -131,7 +187,7 @@ func (x BranchState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BranchState.Descriptor instead.
 func (BranchState) EnumDescriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{1}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{2}
 }
 
 // EventKind names what happened.
@@ -192,11 +248,11 @@ func (x EventKind) String() string {
 }
 
 func (EventKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_ledger_raft_v1_raft_proto_enumTypes[2].Descriptor()
+	return file_ledger_raft_v1_raft_proto_enumTypes[3].Descriptor()
 }
 
 func (EventKind) Type() protoreflect.EnumType {
-	return &file_ledger_raft_v1_raft_proto_enumTypes[2]
+	return &file_ledger_raft_v1_raft_proto_enumTypes[3]
 }
 
 func (x EventKind) Number() protoreflect.EnumNumber {
@@ -205,7 +261,7 @@ func (x EventKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use EventKind.Descriptor instead.
 func (EventKind) EnumDescriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{2}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{3}
 }
 
 // Batch is one raft entry of an account shard: many commands, applied in order.
@@ -266,6 +322,12 @@ type Command struct {
 	//	*Command_Prepare
 	//	*Command_Resolve
 	//	*Command_AssignSlots
+	//	*Command_ExpirePending
+	//	*Command_BeginTxn
+	//	*Command_DecideTxn
+	//	*Command_ForgetTxn
+	//	*Command_ResolvePending
+	//	*Command_ExpireTxns
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -360,6 +422,60 @@ func (x *Command) GetAssignSlots() *AssignSlots {
 	return nil
 }
 
+func (x *Command) GetExpirePending() *ExpirePending {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ExpirePending); ok {
+			return x.ExpirePending
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetBeginTxn() *BeginTxn {
+	if x != nil {
+		if x, ok := x.Op.(*Command_BeginTxn); ok {
+			return x.BeginTxn
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDecideTxn() *DecideTxn {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DecideTxn); ok {
+			return x.DecideTxn
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetForgetTxn() *ForgetTxn {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ForgetTxn); ok {
+			return x.ForgetTxn
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetResolvePending() *ResolvePending {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ResolvePending); ok {
+			return x.ResolvePending
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetExpireTxns() *ExpireTxns {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ExpireTxns); ok {
+			return x.ExpireTxns
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -384,6 +500,31 @@ type Command_AssignSlots struct {
 	AssignSlots *AssignSlots `protobuf:"bytes,14,opt,name=assign_slots,json=assignSlots,proto3,oneof"`
 }
 
+type Command_ExpirePending struct {
+	ExpirePending *ExpirePending `protobuf:"bytes,15,opt,name=expire_pending,json=expirePending,proto3,oneof"`
+}
+
+type Command_BeginTxn struct {
+	// Coordinator groups.
+	BeginTxn *BeginTxn `protobuf:"bytes,20,opt,name=begin_txn,json=beginTxn,proto3,oneof"`
+}
+
+type Command_DecideTxn struct {
+	DecideTxn *DecideTxn `protobuf:"bytes,21,opt,name=decide_txn,json=decideTxn,proto3,oneof"`
+}
+
+type Command_ForgetTxn struct {
+	ForgetTxn *ForgetTxn `protobuf:"bytes,22,opt,name=forget_txn,json=forgetTxn,proto3,oneof"`
+}
+
+type Command_ResolvePending struct {
+	ResolvePending *ResolvePending `protobuf:"bytes,23,opt,name=resolve_pending,json=resolvePending,proto3,oneof"`
+}
+
+type Command_ExpireTxns struct {
+	ExpireTxns *ExpireTxns `protobuf:"bytes,24,opt,name=expire_txns,json=expireTxns,proto3,oneof"`
+}
+
 func (*Command_CreateAccounts) isCommand_Op() {}
 
 func (*Command_CreateTransfers) isCommand_Op() {}
@@ -394,6 +535,605 @@ func (*Command_Resolve) isCommand_Op() {}
 
 func (*Command_AssignSlots) isCommand_Op() {}
 
+func (*Command_ExpirePending) isCommand_Op() {}
+
+func (*Command_BeginTxn) isCommand_Op() {}
+
+func (*Command_DecideTxn) isCommand_Op() {}
+
+func (*Command_ForgetTxn) isCommand_Op() {}
+
+func (*Command_ResolvePending) isCommand_Op() {}
+
+func (*Command_ExpireTxns) isCommand_Op() {}
+
+// ExpirePending releases intra-shard pending transfers whose timeout has passed by the
+// command's (logged) time. Named transfers not yet expired are left alone.
+type ExpirePending struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Transfers     []*TransferRef         `protobuf:"bytes,1,rep,name=transfers,proto3" json:"transfers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpirePending) Reset() {
+	*x = ExpirePending{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpirePending) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpirePending) ProtoMessage() {}
+
+func (x *ExpirePending) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpirePending.ProtoReflect.Descriptor instead.
+func (*ExpirePending) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ExpirePending) GetTransfers() []*TransferRef {
+	if x != nil {
+		return x.Transfers
+	}
+	return nil
+}
+
+type TransferRef struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Id             string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	DebitAccountId string                 `protobuf:"bytes,2,opt,name=debit_account_id,json=debitAccountId,proto3" json:"debit_account_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *TransferRef) Reset() {
+	*x = TransferRef{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferRef) ProtoMessage() {}
+
+func (x *TransferRef) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferRef.ProtoReflect.Descriptor instead.
+func (*TransferRef) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TransferRef) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TransferRef) GetDebitAccountId() string {
+	if x != nil {
+		return x.DebitAccountId
+	}
+	return ""
+}
+
+// BeginTxn records a cross-shard transaction: the transfers (a single transfer or a
+// linked chain) and their branches (debit and credit of each transfer, in order).
+type BeginTxn struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnId         string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Transfers     []*v1.Transfer         `protobuf:"bytes,2,rep,name=transfers,proto3" json:"transfers,omitempty"`
+	Branches      []*Branch              `protobuf:"bytes,3,rep,name=branches,proto3" json:"branches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BeginTxn) Reset() {
+	*x = BeginTxn{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BeginTxn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BeginTxn) ProtoMessage() {}
+
+func (x *BeginTxn) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BeginTxn.ProtoReflect.Descriptor instead.
+func (*BeginTxn) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *BeginTxn) GetTxnId() string {
+	if x != nil {
+		return x.TxnId
+	}
+	return ""
+}
+
+func (x *BeginTxn) GetTransfers() []*v1.Transfer {
+	if x != nil {
+		return x.Transfers
+	}
+	return nil
+}
+
+func (x *BeginTxn) GetBranches() []*Branch {
+	if x != nil {
+		return x.Branches
+	}
+	return nil
+}
+
+// DecideTxn logs a decision; conditional: a second, different decision is refused.
+type DecideTxn struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TxnId    string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Decision TxnDecision            `protobuf:"varint,2,opt,name=decision,proto3,enum=ledger.raft.v1.TxnDecision" json:"decision,omitempty"`
+	// With COMMIT or HOLD: a PREPARED vote for every branch.
+	Votes []*Vote `protobuf:"bytes,3,rep,name=votes,proto3" json:"votes,omitempty"`
+	// With ABORT: why.
+	Status  v1.TransferStatus `protobuf:"varint,4,opt,name=status,proto3,enum=ledger.v1.TransferStatus" json:"status,omitempty"`
+	Message string            `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	// With ABORT: the transfer (index in the txn) whose branch failed, or -1.
+	FailedIndex   int32 `protobuf:"varint,6,opt,name=failed_index,json=failedIndex,proto3" json:"failed_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideTxn) Reset() {
+	*x = DecideTxn{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideTxn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideTxn) ProtoMessage() {}
+
+func (x *DecideTxn) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideTxn.ProtoReflect.Descriptor instead.
+func (*DecideTxn) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DecideTxn) GetTxnId() string {
+	if x != nil {
+		return x.TxnId
+	}
+	return ""
+}
+
+func (x *DecideTxn) GetDecision() TxnDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return TxnDecision_TXN_DECISION_UNSPECIFIED
+}
+
+func (x *DecideTxn) GetVotes() []*Vote {
+	if x != nil {
+		return x.Votes
+	}
+	return nil
+}
+
+func (x *DecideTxn) GetStatus() v1.TransferStatus {
+	if x != nil {
+		return x.Status
+	}
+	return v1.TransferStatus(0)
+}
+
+func (x *DecideTxn) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *DecideTxn) GetFailedIndex() int32 {
+	if x != nil {
+		return x.FailedIndex
+	}
+	return 0
+}
+
+// ForgetTxn closes a decided transaction once every branch acknowledged its resolution.
+// The record stays (a transfer id has one outcome forever); it leaves the open set.
+type ForgetTxn struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnId         string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForgetTxn) Reset() {
+	*x = ForgetTxn{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForgetTxn) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForgetTxn) ProtoMessage() {}
+
+func (x *ForgetTxn) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForgetTxn.ProtoReflect.Descriptor instead.
+func (*ForgetTxn) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ForgetTxn) GetTxnId() string {
+	if x != nil {
+		return x.TxnId
+	}
+	return ""
+}
+
+// ResolvePending posts or voids a held (TCC) transaction: transfer is the post or void.
+type ResolvePending struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Transfer      *v1.Transfer           `protobuf:"bytes,1,opt,name=transfer,proto3" json:"transfer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResolvePending) Reset() {
+	*x = ResolvePending{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResolvePending) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResolvePending) ProtoMessage() {}
+
+func (x *ResolvePending) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResolvePending.ProtoReflect.Descriptor instead.
+func (*ResolvePending) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ResolvePending) GetTransfer() *v1.Transfer {
+	if x != nil {
+		return x.Transfer
+	}
+	return nil
+}
+
+// ExpireTxns aborts held transactions whose timeout has passed by the command's time.
+type ExpireTxns struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TxnIds        []string               `protobuf:"bytes,1,rep,name=txn_ids,json=txnIds,proto3" json:"txn_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpireTxns) Reset() {
+	*x = ExpireTxns{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpireTxns) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpireTxns) ProtoMessage() {}
+
+func (x *ExpireTxns) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpireTxns.ProtoReflect.Descriptor instead.
+func (*ExpireTxns) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ExpireTxns) GetTxnIds() []string {
+	if x != nil {
+		return x.TxnIds
+	}
+	return nil
+}
+
+// TxnRecord is a coordinator's record of a transaction, kept forever.
+type TxnRecord struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	TxnId             string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Transfers         []*v1.Transfer         `protobuf:"bytes,2,rep,name=transfers,proto3" json:"transfers,omitempty"`
+	Branches          []*Branch              `protobuf:"bytes,3,rep,name=branches,proto3" json:"branches,omitempty"`
+	Decision          TxnDecision            `protobuf:"varint,4,opt,name=decision,proto3,enum=ledger.raft.v1.TxnDecision" json:"decision,omitempty"`
+	Status            v1.TransferStatus      `protobuf:"varint,5,opt,name=status,proto3,enum=ledger.v1.TransferStatus" json:"status,omitempty"`
+	Message           string                 `protobuf:"bytes,6,opt,name=message,proto3" json:"message,omitempty"`
+	FailedIndex       int32                  `protobuf:"varint,7,opt,name=failed_index,json=failedIndex,proto3" json:"failed_index,omitempty"`
+	BegunAtUnixNano   int64                  `protobuf:"varint,8,opt,name=begun_at_unix_nano,json=begunAtUnixNano,proto3" json:"begun_at_unix_nano,omitempty"`
+	ExpiresAtUnixNano int64                  `protobuf:"varint,9,opt,name=expires_at_unix_nano,json=expiresAtUnixNano,proto3" json:"expires_at_unix_nano,omitempty"`
+	Forgotten         bool                   `protobuf:"varint,10,opt,name=forgotten,proto3" json:"forgotten,omitempty"`
+	// TCC: the state of the pending transfer, the amount posted, the post or void id.
+	PendingState      v1.TransferState `protobuf:"varint,11,opt,name=pending_state,json=pendingState,proto3,enum=ledger.v1.TransferState" json:"pending_state,omitempty"`
+	CommitAmount      uint64           `protobuf:"varint,12,opt,name=commit_amount,json=commitAmount,proto3" json:"commit_amount,omitempty"`
+	ResolvedBy        string           `protobuf:"bytes,13,opt,name=resolved_by,json=resolvedBy,proto3" json:"resolved_by,omitempty"`
+	DecidedAtUnixNano int64            `protobuf:"varint,14,opt,name=decided_at_unix_nano,json=decidedAtUnixNano,proto3" json:"decided_at_unix_nano,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *TxnRecord) Reset() {
+	*x = TxnRecord{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TxnRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TxnRecord) ProtoMessage() {}
+
+func (x *TxnRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TxnRecord.ProtoReflect.Descriptor instead.
+func (*TxnRecord) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *TxnRecord) GetTxnId() string {
+	if x != nil {
+		return x.TxnId
+	}
+	return ""
+}
+
+func (x *TxnRecord) GetTransfers() []*v1.Transfer {
+	if x != nil {
+		return x.Transfers
+	}
+	return nil
+}
+
+func (x *TxnRecord) GetBranches() []*Branch {
+	if x != nil {
+		return x.Branches
+	}
+	return nil
+}
+
+func (x *TxnRecord) GetDecision() TxnDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return TxnDecision_TXN_DECISION_UNSPECIFIED
+}
+
+func (x *TxnRecord) GetStatus() v1.TransferStatus {
+	if x != nil {
+		return x.Status
+	}
+	return v1.TransferStatus(0)
+}
+
+func (x *TxnRecord) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *TxnRecord) GetFailedIndex() int32 {
+	if x != nil {
+		return x.FailedIndex
+	}
+	return 0
+}
+
+func (x *TxnRecord) GetBegunAtUnixNano() int64 {
+	if x != nil {
+		return x.BegunAtUnixNano
+	}
+	return 0
+}
+
+func (x *TxnRecord) GetExpiresAtUnixNano() int64 {
+	if x != nil {
+		return x.ExpiresAtUnixNano
+	}
+	return 0
+}
+
+func (x *TxnRecord) GetForgotten() bool {
+	if x != nil {
+		return x.Forgotten
+	}
+	return false
+}
+
+func (x *TxnRecord) GetPendingState() v1.TransferState {
+	if x != nil {
+		return x.PendingState
+	}
+	return v1.TransferState(0)
+}
+
+func (x *TxnRecord) GetCommitAmount() uint64 {
+	if x != nil {
+		return x.CommitAmount
+	}
+	return 0
+}
+
+func (x *TxnRecord) GetResolvedBy() string {
+	if x != nil {
+		return x.ResolvedBy
+	}
+	return ""
+}
+
+func (x *TxnRecord) GetDecidedAtUnixNano() int64 {
+	if x != nil {
+		return x.DecidedAtUnixNano
+	}
+	return 0
+}
+
+// CoordState is a coordinator group's bookkeeping.
+type CoordState struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	LastTimestampUnixNano int64                  `protobuf:"varint,1,opt,name=last_timestamp_unix_nano,json=lastTimestampUnixNano,proto3" json:"last_timestamp_unix_nano,omitempty"`
+	OpenCount             uint64                 `protobuf:"varint,2,opt,name=open_count,json=openCount,proto3" json:"open_count,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *CoordState) Reset() {
+	*x = CoordState{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoordState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoordState) ProtoMessage() {}
+
+func (x *CoordState) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoordState.ProtoReflect.Descriptor instead.
+func (*CoordState) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CoordState) GetLastTimestampUnixNano() int64 {
+	if x != nil {
+		return x.LastTimestampUnixNano
+	}
+	return 0
+}
+
+func (x *CoordState) GetOpenCount() uint64 {
+	if x != nil {
+		return x.OpenCount
+	}
+	return 0
+}
+
 type CreateAccounts struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Accounts      []*v1.Account          `protobuf:"bytes,1,rep,name=accounts,proto3" json:"accounts,omitempty"`
@@ -403,7 +1143,7 @@ type CreateAccounts struct {
 
 func (x *CreateAccounts) Reset() {
 	*x = CreateAccounts{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[2]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -415,7 +1155,7 @@ func (x *CreateAccounts) String() string {
 func (*CreateAccounts) ProtoMessage() {}
 
 func (x *CreateAccounts) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[2]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -428,7 +1168,7 @@ func (x *CreateAccounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateAccounts.ProtoReflect.Descriptor instead.
 func (*CreateAccounts) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{2}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateAccounts) GetAccounts() []*v1.Account {
@@ -447,7 +1187,7 @@ type CreateTransfers struct {
 
 func (x *CreateTransfers) Reset() {
 	*x = CreateTransfers{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[3]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +1199,7 @@ func (x *CreateTransfers) String() string {
 func (*CreateTransfers) ProtoMessage() {}
 
 func (x *CreateTransfers) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[3]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +1212,7 @@ func (x *CreateTransfers) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTransfers.ProtoReflect.Descriptor instead.
 func (*CreateTransfers) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{3}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateTransfers) GetTransfers() []*v1.Transfer {
@@ -499,7 +1239,7 @@ type Branch struct {
 
 func (x *Branch) Reset() {
 	*x = Branch{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[4]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +1251,7 @@ func (x *Branch) String() string {
 func (*Branch) ProtoMessage() {}
 
 func (x *Branch) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[4]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +1264,7 @@ func (x *Branch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Branch.ProtoReflect.Descriptor instead.
 func (*Branch) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{4}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Branch) GetTxnId() string {
@@ -578,7 +1318,7 @@ type PrepareBranches struct {
 
 func (x *PrepareBranches) Reset() {
 	*x = PrepareBranches{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[5]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +1330,7 @@ func (x *PrepareBranches) String() string {
 func (*PrepareBranches) ProtoMessage() {}
 
 func (x *PrepareBranches) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[5]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +1343,7 @@ func (x *PrepareBranches) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareBranches.ProtoReflect.Descriptor instead.
 func (*PrepareBranches) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{5}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PrepareBranches) GetBranches() []*Branch {
@@ -624,7 +1364,7 @@ type ResolveBranches struct {
 
 func (x *ResolveBranches) Reset() {
 	*x = ResolveBranches{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[6]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -636,7 +1376,7 @@ func (x *ResolveBranches) String() string {
 func (*ResolveBranches) ProtoMessage() {}
 
 func (x *ResolveBranches) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[6]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -649,7 +1389,7 @@ func (x *ResolveBranches) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolveBranches.ProtoReflect.Descriptor instead.
 func (*ResolveBranches) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{6}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResolveBranches) GetBranches() []*BranchRef {
@@ -667,17 +1407,19 @@ func (x *ResolveBranches) GetCommit() bool {
 }
 
 type BranchRef struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TxnId         string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
-	Index         uint32                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
-	AccountId     string                 `protobuf:"bytes,3,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	TxnId     string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Index     uint32                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	AccountId string                 `protobuf:"bytes,3,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
+	// With a commit: the amount to post (0: all that was reserved); the rest is released.
+	Amount        uint64 `protobuf:"varint,4,opt,name=amount,proto3" json:"amount,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BranchRef) Reset() {
 	*x = BranchRef{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[7]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -689,7 +1431,7 @@ func (x *BranchRef) String() string {
 func (*BranchRef) ProtoMessage() {}
 
 func (x *BranchRef) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[7]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -702,7 +1444,7 @@ func (x *BranchRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BranchRef.ProtoReflect.Descriptor instead.
 func (*BranchRef) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{7}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BranchRef) GetTxnId() string {
@@ -726,6 +1468,13 @@ func (x *BranchRef) GetAccountId() string {
 	return ""
 }
 
+func (x *BranchRef) GetAmount() uint64 {
+	if x != nil {
+		return x.Amount
+	}
+	return 0
+}
+
 // AssignSlots sets the slots a shard owns, as of a shard map epoch. Applied only if the
 // epoch is newer than the shard's.
 type AssignSlots struct {
@@ -739,7 +1488,7 @@ type AssignSlots struct {
 
 func (x *AssignSlots) Reset() {
 	*x = AssignSlots{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[8]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -751,7 +1500,7 @@ func (x *AssignSlots) String() string {
 func (*AssignSlots) ProtoMessage() {}
 
 func (x *AssignSlots) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[8]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -764,7 +1513,7 @@ func (x *AssignSlots) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignSlots.ProtoReflect.Descriptor instead.
 func (*AssignSlots) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{8}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *AssignSlots) GetEpoch() uint64 {
@@ -797,7 +1546,7 @@ type BatchResult struct {
 
 func (x *BatchResult) Reset() {
 	*x = BatchResult{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[9]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +1558,7 @@ func (x *BatchResult) String() string {
 func (*BatchResult) ProtoMessage() {}
 
 func (x *BatchResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[9]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +1571,7 @@ func (x *BatchResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchResult.ProtoReflect.Descriptor instead.
 func (*BatchResult) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{9}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BatchResult) GetResults() []*CommandResult {
@@ -837,17 +1586,21 @@ type CommandResult struct {
 	Refusal Refusal                `protobuf:"varint,1,opt,name=refusal,proto3,enum=ledger.raft.v1.Refusal" json:"refusal,omitempty"`
 	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// The shard's map epoch (with a refusal).
-	Epoch         uint64               `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Accounts      []*v1.AccountResult  `protobuf:"bytes,4,rep,name=accounts,proto3" json:"accounts,omitempty"`
-	Transfers     []*v1.TransferResult `protobuf:"bytes,5,rep,name=transfers,proto3" json:"transfers,omitempty"`
-	Votes         []*Vote              `protobuf:"bytes,6,rep,name=votes,proto3" json:"votes,omitempty"`
+	Epoch     uint64               `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Accounts  []*v1.AccountResult  `protobuf:"bytes,4,rep,name=accounts,proto3" json:"accounts,omitempty"`
+	Transfers []*v1.TransferResult `protobuf:"bytes,5,rep,name=transfers,proto3" json:"transfers,omitempty"`
+	Votes     []*Vote              `protobuf:"bytes,6,rep,name=votes,proto3" json:"votes,omitempty"`
+	// Coordinator commands: the transaction's record after the command.
+	Txn *TxnRecord `protobuf:"bytes,7,opt,name=txn,proto3" json:"txn,omitempty"`
+	// BeginTxn: the transaction already existed (a retry).
+	Existed       bool `protobuf:"varint,8,opt,name=existed,proto3" json:"existed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommandResult) Reset() {
 	*x = CommandResult{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[10]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +1612,7 @@ func (x *CommandResult) String() string {
 func (*CommandResult) ProtoMessage() {}
 
 func (x *CommandResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[10]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +1625,7 @@ func (x *CommandResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommandResult.ProtoReflect.Descriptor instead.
 func (*CommandResult) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{10}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CommandResult) GetRefusal() Refusal {
@@ -917,6 +1670,20 @@ func (x *CommandResult) GetVotes() []*Vote {
 	return nil
 }
 
+func (x *CommandResult) GetTxn() *TxnRecord {
+	if x != nil {
+		return x.Txn
+	}
+	return nil
+}
+
+func (x *CommandResult) GetExisted() bool {
+	if x != nil {
+		return x.Existed
+	}
+	return false
+}
+
 type Vote struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TxnId         string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
@@ -930,7 +1697,7 @@ type Vote struct {
 
 func (x *Vote) Reset() {
 	*x = Vote{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[11]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1709,7 @@ func (x *Vote) String() string {
 func (*Vote) ProtoMessage() {}
 
 func (x *Vote) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[11]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1722,7 @@ func (x *Vote) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Vote.ProtoReflect.Descriptor instead.
 func (*Vote) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{11}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Vote) GetTxnId() string {
@@ -995,17 +1762,18 @@ func (x *Vote) GetMessage() string {
 
 // StoredBranch is a branch record on its participant shard.
 type StoredBranch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Branch        *Branch                `protobuf:"bytes,1,opt,name=branch,proto3" json:"branch,omitempty"`
-	State         BranchState            `protobuf:"varint,2,opt,name=state,proto3,enum=ledger.raft.v1.BranchState" json:"state,omitempty"`
-	Status        v1.TransferStatus      `protobuf:"varint,3,opt,name=status,proto3,enum=ledger.v1.TransferStatus" json:"status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Branch             *Branch                `protobuf:"bytes,1,opt,name=branch,proto3" json:"branch,omitempty"`
+	State              BranchState            `protobuf:"varint,2,opt,name=state,proto3,enum=ledger.raft.v1.BranchState" json:"state,omitempty"`
+	Status             v1.TransferStatus      `protobuf:"varint,3,opt,name=status,proto3,enum=ledger.v1.TransferStatus" json:"status,omitempty"`
+	PreparedAtUnixNano int64                  `protobuf:"varint,4,opt,name=prepared_at_unix_nano,json=preparedAtUnixNano,proto3" json:"prepared_at_unix_nano,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *StoredBranch) Reset() {
 	*x = StoredBranch{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[12]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1785,7 @@ func (x *StoredBranch) String() string {
 func (*StoredBranch) ProtoMessage() {}
 
 func (x *StoredBranch) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[12]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1798,7 @@ func (x *StoredBranch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredBranch.ProtoReflect.Descriptor instead.
 func (*StoredBranch) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{12}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StoredBranch) GetBranch() *Branch {
@@ -1054,6 +1822,13 @@ func (x *StoredBranch) GetStatus() v1.TransferStatus {
 	return v1.TransferStatus(0)
 }
 
+func (x *StoredBranch) GetPreparedAtUnixNano() int64 {
+	if x != nil {
+		return x.PreparedAtUnixNano
+	}
+	return 0
+}
+
 // StoredTransfer is a transfer's one outcome, kept forever under its id.
 type StoredTransfer struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -1073,7 +1848,7 @@ type StoredTransfer struct {
 
 func (x *StoredTransfer) Reset() {
 	*x = StoredTransfer{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[13]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1085,7 +1860,7 @@ func (x *StoredTransfer) String() string {
 func (*StoredTransfer) ProtoMessage() {}
 
 func (x *StoredTransfer) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[13]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1098,7 +1873,7 @@ func (x *StoredTransfer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredTransfer.ProtoReflect.Descriptor instead.
 func (*StoredTransfer) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{13}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StoredTransfer) GetTransfer() *v1.Transfer {
@@ -1165,7 +1940,7 @@ type ShardState struct {
 
 func (x *ShardState) Reset() {
 	*x = ShardState{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[14]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1952,7 @@ func (x *ShardState) String() string {
 func (*ShardState) ProtoMessage() {}
 
 func (x *ShardState) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[14]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1965,7 @@ func (x *ShardState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardState.ProtoReflect.Descriptor instead.
 func (*ShardState) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{14}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ShardState) GetEpoch() uint64 {
@@ -1247,7 +2022,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[15]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +2034,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[15]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +2047,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{15}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1347,6 +2122,10 @@ type Query struct {
 	//	*Query_Transfers
 	//	*Query_StateHash
 	//	*Query_ShardState
+	//	*Query_OpenWork
+	//	*Query_Totals
+	//	*Query_OpenTxns
+	//	*Query_Txns
 	Op            isQuery_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1354,7 +2133,7 @@ type Query struct {
 
 func (x *Query) Reset() {
 	*x = Query{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[16]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +2145,7 @@ func (x *Query) String() string {
 func (*Query) ProtoMessage() {}
 
 func (x *Query) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[16]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +2158,7 @@ func (x *Query) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Query.ProtoReflect.Descriptor instead.
 func (*Query) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{16}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Query) GetOp() isQuery_Op {
@@ -1425,6 +2204,42 @@ func (x *Query) GetShardState() bool {
 	return false
 }
 
+func (x *Query) GetOpenWork() bool {
+	if x != nil {
+		if x, ok := x.Op.(*Query_OpenWork); ok {
+			return x.OpenWork
+		}
+	}
+	return false
+}
+
+func (x *Query) GetTotals() bool {
+	if x != nil {
+		if x, ok := x.Op.(*Query_Totals); ok {
+			return x.Totals
+		}
+	}
+	return false
+}
+
+func (x *Query) GetOpenTxns() bool {
+	if x != nil {
+		if x, ok := x.Op.(*Query_OpenTxns); ok {
+			return x.OpenTxns
+		}
+	}
+	return false
+}
+
+func (x *Query) GetTxns() *IdList {
+	if x != nil {
+		if x, ok := x.Op.(*Query_Txns); ok {
+			return x.Txns
+		}
+	}
+	return nil
+}
+
 type isQuery_Op interface {
 	isQuery_Op()
 }
@@ -1445,6 +2260,26 @@ type Query_ShardState struct {
 	ShardState bool `protobuf:"varint,4,opt,name=shard_state,json=shardState,proto3,oneof"`
 }
 
+type Query_OpenWork struct {
+	// Shards: prepared branches and pending transfers (for resolution and expiry).
+	OpenWork bool `protobuf:"varint,5,opt,name=open_work,json=openWork,proto3,oneof"`
+}
+
+type Query_Totals struct {
+	// Sums over every account (the audit).
+	Totals bool `protobuf:"varint,6,opt,name=totals,proto3,oneof"`
+}
+
+type Query_OpenTxns struct {
+	// Coordinators: transactions not yet forgotten.
+	OpenTxns bool `protobuf:"varint,7,opt,name=open_txns,json=openTxns,proto3,oneof"`
+}
+
+type Query_Txns struct {
+	// Coordinators: records by txn id.
+	Txns *IdList `protobuf:"bytes,8,opt,name=txns,proto3,oneof"`
+}
+
 func (*Query_Accounts) isQuery_Op() {}
 
 func (*Query_Transfers) isQuery_Op() {}
@@ -1452,6 +2287,14 @@ func (*Query_Transfers) isQuery_Op() {}
 func (*Query_StateHash) isQuery_Op() {}
 
 func (*Query_ShardState) isQuery_Op() {}
+
+func (*Query_OpenWork) isQuery_Op() {}
+
+func (*Query_Totals) isQuery_Op() {}
+
+func (*Query_OpenTxns) isQuery_Op() {}
+
+func (*Query_Txns) isQuery_Op() {}
 
 type IdList struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1462,7 +2305,7 @@ type IdList struct {
 
 func (x *IdList) Reset() {
 	*x = IdList{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[17]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +2317,7 @@ func (x *IdList) String() string {
 func (*IdList) ProtoMessage() {}
 
 func (x *IdList) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[17]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +2330,7 @@ func (x *IdList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdList.ProtoReflect.Descriptor instead.
 func (*IdList) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{17}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IdList) GetIds() []string {
@@ -1505,13 +2348,17 @@ type QueryResult struct {
 	StateHash     []byte                 `protobuf:"bytes,4,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"`
 	AppliedIndex  uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	ShardState    *ShardState            `protobuf:"bytes,6,opt,name=shard_state,json=shardState,proto3" json:"shard_state,omitempty"`
+	Prepared      []*StoredBranch        `protobuf:"bytes,7,rep,name=prepared,proto3" json:"prepared,omitempty"`
+	Pending       []*StoredTransfer      `protobuf:"bytes,8,rep,name=pending,proto3" json:"pending,omitempty"`
+	Totals        *Totals                `protobuf:"bytes,9,opt,name=totals,proto3" json:"totals,omitempty"`
+	Txns          []*TxnRecord           `protobuf:"bytes,10,rep,name=txns,proto3" json:"txns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *QueryResult) Reset() {
 	*x = QueryResult{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[18]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +2370,7 @@ func (x *QueryResult) String() string {
 func (*QueryResult) ProtoMessage() {}
 
 func (x *QueryResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[18]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +2383,7 @@ func (x *QueryResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryResult.ProtoReflect.Descriptor instead.
 func (*QueryResult) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{18}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *QueryResult) GetAccounts() []*v1.Account {
@@ -1581,6 +2428,152 @@ func (x *QueryResult) GetShardState() *ShardState {
 	return nil
 }
 
+func (x *QueryResult) GetPrepared() []*StoredBranch {
+	if x != nil {
+		return x.Prepared
+	}
+	return nil
+}
+
+func (x *QueryResult) GetPending() []*StoredTransfer {
+	if x != nil {
+		return x.Pending
+	}
+	return nil
+}
+
+func (x *QueryResult) GetTotals() *Totals {
+	if x != nil {
+		return x.Totals
+	}
+	return nil
+}
+
+func (x *QueryResult) GetTxns() []*TxnRecord {
+	if x != nil {
+		return x.Txns
+	}
+	return nil
+}
+
+// Totals sums a shard's accounts and what it holds for open work.
+type Totals struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Accounts       uint64                 `protobuf:"varint,1,opt,name=accounts,proto3" json:"accounts,omitempty"`
+	DebitsPosted   uint64                 `protobuf:"varint,2,opt,name=debits_posted,json=debitsPosted,proto3" json:"debits_posted,omitempty"`
+	CreditsPosted  uint64                 `protobuf:"varint,3,opt,name=credits_posted,json=creditsPosted,proto3" json:"credits_posted,omitempty"`
+	DebitsPending  uint64                 `protobuf:"varint,4,opt,name=debits_pending,json=debitsPending,proto3" json:"debits_pending,omitempty"`
+	CreditsPending uint64                 `protobuf:"varint,5,opt,name=credits_pending,json=creditsPending,proto3" json:"credits_pending,omitempty"`
+	// Held by prepared branches and by pending transfers.
+	BranchDebitsHeld     uint64 `protobuf:"varint,6,opt,name=branch_debits_held,json=branchDebitsHeld,proto3" json:"branch_debits_held,omitempty"`
+	BranchCreditsHeld    uint64 `protobuf:"varint,7,opt,name=branch_credits_held,json=branchCreditsHeld,proto3" json:"branch_credits_held,omitempty"`
+	PendingTransfersHeld uint64 `protobuf:"varint,8,opt,name=pending_transfers_held,json=pendingTransfersHeld,proto3" json:"pending_transfers_held,omitempty"`
+	PreparedBranches     uint64 `protobuf:"varint,9,opt,name=prepared_branches,json=preparedBranches,proto3" json:"prepared_branches,omitempty"`
+	PendingTransfers     uint64 `protobuf:"varint,10,opt,name=pending_transfers,json=pendingTransfers,proto3" json:"pending_transfers,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *Totals) Reset() {
+	*x = Totals{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Totals) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Totals) ProtoMessage() {}
+
+func (x *Totals) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Totals.ProtoReflect.Descriptor instead.
+func (*Totals) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Totals) GetAccounts() uint64 {
+	if x != nil {
+		return x.Accounts
+	}
+	return 0
+}
+
+func (x *Totals) GetDebitsPosted() uint64 {
+	if x != nil {
+		return x.DebitsPosted
+	}
+	return 0
+}
+
+func (x *Totals) GetCreditsPosted() uint64 {
+	if x != nil {
+		return x.CreditsPosted
+	}
+	return 0
+}
+
+func (x *Totals) GetDebitsPending() uint64 {
+	if x != nil {
+		return x.DebitsPending
+	}
+	return 0
+}
+
+func (x *Totals) GetCreditsPending() uint64 {
+	if x != nil {
+		return x.CreditsPending
+	}
+	return 0
+}
+
+func (x *Totals) GetBranchDebitsHeld() uint64 {
+	if x != nil {
+		return x.BranchDebitsHeld
+	}
+	return 0
+}
+
+func (x *Totals) GetBranchCreditsHeld() uint64 {
+	if x != nil {
+		return x.BranchCreditsHeld
+	}
+	return 0
+}
+
+func (x *Totals) GetPendingTransfersHeld() uint64 {
+	if x != nil {
+		return x.PendingTransfersHeld
+	}
+	return 0
+}
+
+func (x *Totals) GetPreparedBranches() uint64 {
+	if x != nil {
+		return x.PreparedBranches
+	}
+	return 0
+}
+
+func (x *Totals) GetPendingTransfers() uint64 {
+	if x != nil {
+		return x.PendingTransfers
+	}
+	return 0
+}
+
 // ShardMap is the meta group's state.
 type ShardMap struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -1596,7 +2589,7 @@ type ShardMap struct {
 
 func (x *ShardMap) Reset() {
 	*x = ShardMap{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[19]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +2601,7 @@ func (x *ShardMap) String() string {
 func (*ShardMap) ProtoMessage() {}
 
 func (x *ShardMap) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[19]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +2614,7 @@ func (x *ShardMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMap.ProtoReflect.Descriptor instead.
 func (*ShardMap) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{19}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ShardMap) GetEpoch() uint64 {
@@ -1669,7 +2662,7 @@ type ShardReplicas struct {
 
 func (x *ShardReplicas) Reset() {
 	*x = ShardReplicas{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[20]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +2674,7 @@ func (x *ShardReplicas) String() string {
 func (*ShardReplicas) ProtoMessage() {}
 
 func (x *ShardReplicas) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[20]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +2687,7 @@ func (x *ShardReplicas) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardReplicas.ProtoReflect.Descriptor instead.
 func (*ShardReplicas) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{20}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ShardReplicas) GetShardId() uint64 {
@@ -1722,7 +2715,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[21]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +2727,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[21]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +2740,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{21}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -1784,7 +2777,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[22]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +2789,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[22]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +2802,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{22}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *MetaCommand) GetOp() isMetaCommand_Op {
@@ -1850,7 +2843,7 @@ type MetaSnapshot struct {
 
 func (x *MetaSnapshot) Reset() {
 	*x = MetaSnapshot{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[23]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +2855,7 @@ func (x *MetaSnapshot) String() string {
 func (*MetaSnapshot) ProtoMessage() {}
 
 func (x *MetaSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[23]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +2868,7 @@ func (x *MetaSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaSnapshot.ProtoReflect.Descriptor instead.
 func (*MetaSnapshot) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{23}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MetaSnapshot) GetMap() *ShardMap {
@@ -1898,7 +2891,7 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\n" +
 	"\x19ledger/raft/v1/raft.proto\x12\x0eledger.raft.v1\x1a\x16ledger/v1/ledger.proto\"<\n" +
 	"\x05Batch\x123\n" +
-	"\bcommands\x18\x01 \x03(\v2\x17.ledger.raft.v1.CommandR\bcommands\"\x94\x03\n" +
+	"\bcommands\x18\x01 \x03(\v2\x17.ledger.raft.v1.CommandR\bcommands\"\x97\x06\n" +
 	"\aCommand\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x01 \x01(\x03R\x11timestampUnixNano\x12I\n" +
 	"\x0fcreate_accounts\x18\n" +
@@ -1906,8 +2899,62 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\x10create_transfers\x18\v \x01(\v2\x1f.ledger.raft.v1.CreateTransfersH\x00R\x0fcreateTransfers\x12;\n" +
 	"\aprepare\x18\f \x01(\v2\x1f.ledger.raft.v1.PrepareBranchesH\x00R\aprepare\x12;\n" +
 	"\aresolve\x18\r \x01(\v2\x1f.ledger.raft.v1.ResolveBranchesH\x00R\aresolve\x12@\n" +
-	"\fassign_slots\x18\x0e \x01(\v2\x1b.ledger.raft.v1.AssignSlotsH\x00R\vassignSlotsB\x04\n" +
-	"\x02op\"@\n" +
+	"\fassign_slots\x18\x0e \x01(\v2\x1b.ledger.raft.v1.AssignSlotsH\x00R\vassignSlots\x12F\n" +
+	"\x0eexpire_pending\x18\x0f \x01(\v2\x1d.ledger.raft.v1.ExpirePendingH\x00R\rexpirePending\x127\n" +
+	"\tbegin_txn\x18\x14 \x01(\v2\x18.ledger.raft.v1.BeginTxnH\x00R\bbeginTxn\x12:\n" +
+	"\n" +
+	"decide_txn\x18\x15 \x01(\v2\x19.ledger.raft.v1.DecideTxnH\x00R\tdecideTxn\x12:\n" +
+	"\n" +
+	"forget_txn\x18\x16 \x01(\v2\x19.ledger.raft.v1.ForgetTxnH\x00R\tforgetTxn\x12I\n" +
+	"\x0fresolve_pending\x18\x17 \x01(\v2\x1e.ledger.raft.v1.ResolvePendingH\x00R\x0eresolvePending\x12=\n" +
+	"\vexpire_txns\x18\x18 \x01(\v2\x1a.ledger.raft.v1.ExpireTxnsH\x00R\n" +
+	"expireTxnsB\x04\n" +
+	"\x02op\"J\n" +
+	"\rExpirePending\x129\n" +
+	"\ttransfers\x18\x01 \x03(\v2\x1b.ledger.raft.v1.TransferRefR\ttransfers\"G\n" +
+	"\vTransferRef\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
+	"\x10debit_account_id\x18\x02 \x01(\tR\x0edebitAccountId\"\x88\x01\n" +
+	"\bBeginTxn\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x121\n" +
+	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\x122\n" +
+	"\bbranches\x18\x03 \x03(\v2\x16.ledger.raft.v1.BranchR\bbranches\"\xf7\x01\n" +
+	"\tDecideTxn\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x127\n" +
+	"\bdecision\x18\x02 \x01(\x0e2\x1b.ledger.raft.v1.TxnDecisionR\bdecision\x12*\n" +
+	"\x05votes\x18\x03 \x03(\v2\x14.ledger.raft.v1.VoteR\x05votes\x121\n" +
+	"\x06status\x18\x04 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\x12!\n" +
+	"\ffailed_index\x18\x06 \x01(\x05R\vfailedIndex\"\"\n" +
+	"\tForgetTxn\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\"A\n" +
+	"\x0eResolvePending\x12/\n" +
+	"\btransfer\x18\x01 \x01(\v2\x13.ledger.v1.TransferR\btransfer\"%\n" +
+	"\n" +
+	"ExpireTxns\x12\x17\n" +
+	"\atxn_ids\x18\x01 \x03(\tR\x06txnIds\"\xe4\x04\n" +
+	"\tTxnRecord\x12\x15\n" +
+	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x121\n" +
+	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\x122\n" +
+	"\bbranches\x18\x03 \x03(\v2\x16.ledger.raft.v1.BranchR\bbranches\x127\n" +
+	"\bdecision\x18\x04 \x01(\x0e2\x1b.ledger.raft.v1.TxnDecisionR\bdecision\x121\n" +
+	"\x06status\x18\x05 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x12\x18\n" +
+	"\amessage\x18\x06 \x01(\tR\amessage\x12!\n" +
+	"\ffailed_index\x18\a \x01(\x05R\vfailedIndex\x12+\n" +
+	"\x12begun_at_unix_nano\x18\b \x01(\x03R\x0fbegunAtUnixNano\x12/\n" +
+	"\x14expires_at_unix_nano\x18\t \x01(\x03R\x11expiresAtUnixNano\x12\x1c\n" +
+	"\tforgotten\x18\n" +
+	" \x01(\bR\tforgotten\x12=\n" +
+	"\rpending_state\x18\v \x01(\x0e2\x18.ledger.v1.TransferStateR\fpendingState\x12#\n" +
+	"\rcommit_amount\x18\f \x01(\x04R\fcommitAmount\x12\x1f\n" +
+	"\vresolved_by\x18\r \x01(\tR\n" +
+	"resolvedBy\x12/\n" +
+	"\x14decided_at_unix_nano\x18\x0e \x01(\x03R\x11decidedAtUnixNano\"d\n" +
+	"\n" +
+	"CoordState\x127\n" +
+	"\x18last_timestamp_unix_nano\x18\x01 \x01(\x03R\x15lastTimestampUnixNano\x12\x1d\n" +
+	"\n" +
+	"open_count\x18\x02 \x01(\x04R\topenCount\"@\n" +
 	"\x0eCreateAccounts\x12.\n" +
 	"\baccounts\x18\x01 \x03(\v2\x12.ledger.v1.AccountR\baccounts\"D\n" +
 	"\x0fCreateTransfers\x121\n" +
@@ -1924,36 +2971,40 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\bbranches\x18\x01 \x03(\v2\x16.ledger.raft.v1.BranchR\bbranches\"`\n" +
 	"\x0fResolveBranches\x125\n" +
 	"\bbranches\x18\x01 \x03(\v2\x19.ledger.raft.v1.BranchRefR\bbranches\x12\x16\n" +
-	"\x06commit\x18\x02 \x01(\bR\x06commit\"W\n" +
+	"\x06commit\x18\x02 \x01(\bR\x06commit\"o\n" +
 	"\tBranchRef\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x12\x1d\n" +
 	"\n" +
-	"account_id\x18\x03 \x01(\tR\taccountId\"X\n" +
+	"account_id\x18\x03 \x01(\tR\taccountId\x12\x16\n" +
+	"\x06amount\x18\x04 \x01(\x04R\x06amount\"X\n" +
 	"\vAssignSlots\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1d\n" +
 	"\n" +
 	"slot_count\x18\x02 \x01(\rR\tslotCount\x12\x14\n" +
 	"\x05slots\x18\x03 \x03(\rR\x05slots\"F\n" +
 	"\vBatchResult\x127\n" +
-	"\aresults\x18\x01 \x03(\v2\x1d.ledger.raft.v1.CommandResultR\aresults\"\x8d\x02\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.ledger.raft.v1.CommandResultR\aresults\"\xd4\x02\n" +
 	"\rCommandResult\x121\n" +
 	"\arefusal\x18\x01 \x01(\x0e2\x17.ledger.raft.v1.RefusalR\arefusal\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x124\n" +
 	"\baccounts\x18\x04 \x03(\v2\x18.ledger.v1.AccountResultR\baccounts\x127\n" +
 	"\ttransfers\x18\x05 \x03(\v2\x19.ledger.v1.TransferResultR\ttransfers\x12*\n" +
-	"\x05votes\x18\x06 \x03(\v2\x14.ledger.raft.v1.VoteR\x05votes\"\xb3\x01\n" +
+	"\x05votes\x18\x06 \x03(\v2\x14.ledger.raft.v1.VoteR\x05votes\x12+\n" +
+	"\x03txn\x18\a \x01(\v2\x19.ledger.raft.v1.TxnRecordR\x03txn\x12\x18\n" +
+	"\aexisted\x18\b \x01(\bR\aexisted\"\xb3\x01\n" +
 	"\x04Vote\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x121\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x1b.ledger.raft.v1.BranchStateR\x05state\x121\n" +
 	"\x06status\x18\x04 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage\"\xa4\x01\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"\xd7\x01\n" +
 	"\fStoredBranch\x12.\n" +
 	"\x06branch\x18\x01 \x01(\v2\x16.ledger.raft.v1.BranchR\x06branch\x121\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1b.ledger.raft.v1.BranchStateR\x05state\x121\n" +
-	"\x06status\x18\x03 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\"\x9a\x02\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x121\n" +
+	"\x15prepared_at_unix_nano\x18\x04 \x01(\x03R\x12preparedAtUnixNano\"\x9a\x02\n" +
 	"\x0eStoredTransfer\x12/\n" +
 	"\btransfer\x18\x01 \x01(\v2\x13.ledger.v1.TransferR\btransfer\x121\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x12\x18\n" +
@@ -1979,17 +3030,21 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\btransfer\x18\x06 \x01(\v2\x13.ledger.v1.TransferR\btransfer\x12.\n" +
 	"\x06branch\x18\a \x01(\v2\x16.ledger.raft.v1.BranchR\x06branch\x12\x14\n" +
 	"\x05epoch\x18\b \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06amount\x18\t \x01(\x04R\x06amount\"\xbf\x01\n" +
+	"\x06amount\x18\t \x01(\x04R\x06amount\"\xc5\x02\n" +
 	"\x05Query\x124\n" +
 	"\baccounts\x18\x01 \x01(\v2\x16.ledger.raft.v1.IdListH\x00R\baccounts\x126\n" +
 	"\ttransfers\x18\x02 \x01(\v2\x16.ledger.raft.v1.IdListH\x00R\ttransfers\x12\x1f\n" +
 	"\n" +
 	"state_hash\x18\x03 \x01(\bH\x00R\tstateHash\x12!\n" +
 	"\vshard_state\x18\x04 \x01(\bH\x00R\n" +
-	"shardStateB\x04\n" +
+	"shardState\x12\x1d\n" +
+	"\topen_work\x18\x05 \x01(\bH\x00R\bopenWork\x12\x18\n" +
+	"\x06totals\x18\x06 \x01(\bH\x00R\x06totals\x12\x1d\n" +
+	"\topen_txns\x18\a \x01(\bH\x00R\bopenTxns\x12,\n" +
+	"\x04txns\x18\b \x01(\v2\x16.ledger.raft.v1.IdListH\x00R\x04txnsB\x04\n" +
 	"\x02op\"\x1a\n" +
 	"\x06IdList\x12\x10\n" +
-	"\x03ids\x18\x01 \x03(\tR\x03ids\"\x8e\x02\n" +
+	"\x03ids\x18\x01 \x03(\tR\x03ids\"\xe1\x03\n" +
 	"\vQueryResult\x12.\n" +
 	"\baccounts\x18\x01 \x03(\v2\x12.ledger.v1.AccountR\baccounts\x121\n" +
 	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\x12\x1b\n" +
@@ -1998,7 +3053,24 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"state_hash\x18\x04 \x01(\fR\tstateHash\x12#\n" +
 	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x12;\n" +
 	"\vshard_state\x18\x06 \x01(\v2\x1a.ledger.raft.v1.ShardStateR\n" +
-	"shardState\"\xc5\x01\n" +
+	"shardState\x128\n" +
+	"\bprepared\x18\a \x03(\v2\x1c.ledger.raft.v1.StoredBranchR\bprepared\x128\n" +
+	"\apending\x18\b \x03(\v2\x1e.ledger.raft.v1.StoredTransferR\apending\x12.\n" +
+	"\x06totals\x18\t \x01(\v2\x16.ledger.raft.v1.TotalsR\x06totals\x12-\n" +
+	"\x04txns\x18\n" +
+	" \x03(\v2\x19.ledger.raft.v1.TxnRecordR\x04txns\"\xae\x03\n" +
+	"\x06Totals\x12\x1a\n" +
+	"\baccounts\x18\x01 \x01(\x04R\baccounts\x12#\n" +
+	"\rdebits_posted\x18\x02 \x01(\x04R\fdebitsPosted\x12%\n" +
+	"\x0ecredits_posted\x18\x03 \x01(\x04R\rcreditsPosted\x12%\n" +
+	"\x0edebits_pending\x18\x04 \x01(\x04R\rdebitsPending\x12'\n" +
+	"\x0fcredits_pending\x18\x05 \x01(\x04R\x0ecreditsPending\x12,\n" +
+	"\x12branch_debits_held\x18\x06 \x01(\x04R\x10branchDebitsHeld\x12.\n" +
+	"\x13branch_credits_held\x18\a \x01(\x04R\x11branchCreditsHeld\x124\n" +
+	"\x16pending_transfers_held\x18\b \x01(\x04R\x14pendingTransfersHeld\x12+\n" +
+	"\x11prepared_branches\x18\t \x01(\x04R\x10preparedBranches\x12+\n" +
+	"\x11pending_transfers\x18\n" +
+	" \x01(\x04R\x10pendingTransfers\"\xc5\x01\n" +
 	"\bShardMap\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1d\n" +
 	"\n" +
@@ -2019,7 +3091,12 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\x02op\"T\n" +
 	"\fMetaSnapshot\x12*\n" +
 	"\x03map\x18\x01 \x01(\v2\x18.ledger.raft.v1.ShardMapR\x03map\x12\x18\n" +
-	"\aapplied\x18\x02 \x01(\x04R\aapplied*o\n" +
+	"\aapplied\x18\x02 \x01(\x04R\aapplied*s\n" +
+	"\vTxnDecision\x12\x1c\n" +
+	"\x18TXN_DECISION_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13TXN_DECISION_COMMIT\x10\x01\x12\x16\n" +
+	"\x12TXN_DECISION_ABORT\x10\x02\x12\x15\n" +
+	"\x11TXN_DECISION_HOLD\x10\x03*o\n" +
 	"\aRefusal\x12\x17\n" +
 	"\x13REFUSAL_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13REFUSAL_WRONG_SHARD\x10\x01\x12\x1b\n" +
@@ -2057,83 +3134,119 @@ func file_ledger_raft_v1_raft_proto_rawDescGZIP() []byte {
 	return file_ledger_raft_v1_raft_proto_rawDescData
 }
 
-var file_ledger_raft_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ledger_raft_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_ledger_raft_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_ledger_raft_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_ledger_raft_v1_raft_proto_goTypes = []any{
-	(Refusal)(0),              // 0: ledger.raft.v1.Refusal
-	(BranchState)(0),          // 1: ledger.raft.v1.BranchState
-	(EventKind)(0),            // 2: ledger.raft.v1.EventKind
-	(*Batch)(nil),             // 3: ledger.raft.v1.Batch
-	(*Command)(nil),           // 4: ledger.raft.v1.Command
-	(*CreateAccounts)(nil),    // 5: ledger.raft.v1.CreateAccounts
-	(*CreateTransfers)(nil),   // 6: ledger.raft.v1.CreateTransfers
-	(*Branch)(nil),            // 7: ledger.raft.v1.Branch
-	(*PrepareBranches)(nil),   // 8: ledger.raft.v1.PrepareBranches
-	(*ResolveBranches)(nil),   // 9: ledger.raft.v1.ResolveBranches
-	(*BranchRef)(nil),         // 10: ledger.raft.v1.BranchRef
-	(*AssignSlots)(nil),       // 11: ledger.raft.v1.AssignSlots
-	(*BatchResult)(nil),       // 12: ledger.raft.v1.BatchResult
-	(*CommandResult)(nil),     // 13: ledger.raft.v1.CommandResult
-	(*Vote)(nil),              // 14: ledger.raft.v1.Vote
-	(*StoredBranch)(nil),      // 15: ledger.raft.v1.StoredBranch
-	(*StoredTransfer)(nil),    // 16: ledger.raft.v1.StoredTransfer
-	(*ShardState)(nil),        // 17: ledger.raft.v1.ShardState
-	(*Event)(nil),             // 18: ledger.raft.v1.Event
-	(*Query)(nil),             // 19: ledger.raft.v1.Query
-	(*IdList)(nil),            // 20: ledger.raft.v1.IdList
-	(*QueryResult)(nil),       // 21: ledger.raft.v1.QueryResult
-	(*ShardMap)(nil),          // 22: ledger.raft.v1.ShardMap
-	(*ShardReplicas)(nil),     // 23: ledger.raft.v1.ShardReplicas
-	(*NodeInfo)(nil),          // 24: ledger.raft.v1.NodeInfo
-	(*MetaCommand)(nil),       // 25: ledger.raft.v1.MetaCommand
-	(*MetaSnapshot)(nil),      // 26: ledger.raft.v1.MetaSnapshot
-	(*v1.Account)(nil),        // 27: ledger.v1.Account
-	(*v1.Transfer)(nil),       // 28: ledger.v1.Transfer
-	(*v1.AccountResult)(nil),  // 29: ledger.v1.AccountResult
-	(*v1.TransferResult)(nil), // 30: ledger.v1.TransferResult
-	(v1.TransferStatus)(0),    // 31: ledger.v1.TransferStatus
+	(TxnDecision)(0),          // 0: ledger.raft.v1.TxnDecision
+	(Refusal)(0),              // 1: ledger.raft.v1.Refusal
+	(BranchState)(0),          // 2: ledger.raft.v1.BranchState
+	(EventKind)(0),            // 3: ledger.raft.v1.EventKind
+	(*Batch)(nil),             // 4: ledger.raft.v1.Batch
+	(*Command)(nil),           // 5: ledger.raft.v1.Command
+	(*ExpirePending)(nil),     // 6: ledger.raft.v1.ExpirePending
+	(*TransferRef)(nil),       // 7: ledger.raft.v1.TransferRef
+	(*BeginTxn)(nil),          // 8: ledger.raft.v1.BeginTxn
+	(*DecideTxn)(nil),         // 9: ledger.raft.v1.DecideTxn
+	(*ForgetTxn)(nil),         // 10: ledger.raft.v1.ForgetTxn
+	(*ResolvePending)(nil),    // 11: ledger.raft.v1.ResolvePending
+	(*ExpireTxns)(nil),        // 12: ledger.raft.v1.ExpireTxns
+	(*TxnRecord)(nil),         // 13: ledger.raft.v1.TxnRecord
+	(*CoordState)(nil),        // 14: ledger.raft.v1.CoordState
+	(*CreateAccounts)(nil),    // 15: ledger.raft.v1.CreateAccounts
+	(*CreateTransfers)(nil),   // 16: ledger.raft.v1.CreateTransfers
+	(*Branch)(nil),            // 17: ledger.raft.v1.Branch
+	(*PrepareBranches)(nil),   // 18: ledger.raft.v1.PrepareBranches
+	(*ResolveBranches)(nil),   // 19: ledger.raft.v1.ResolveBranches
+	(*BranchRef)(nil),         // 20: ledger.raft.v1.BranchRef
+	(*AssignSlots)(nil),       // 21: ledger.raft.v1.AssignSlots
+	(*BatchResult)(nil),       // 22: ledger.raft.v1.BatchResult
+	(*CommandResult)(nil),     // 23: ledger.raft.v1.CommandResult
+	(*Vote)(nil),              // 24: ledger.raft.v1.Vote
+	(*StoredBranch)(nil),      // 25: ledger.raft.v1.StoredBranch
+	(*StoredTransfer)(nil),    // 26: ledger.raft.v1.StoredTransfer
+	(*ShardState)(nil),        // 27: ledger.raft.v1.ShardState
+	(*Event)(nil),             // 28: ledger.raft.v1.Event
+	(*Query)(nil),             // 29: ledger.raft.v1.Query
+	(*IdList)(nil),            // 30: ledger.raft.v1.IdList
+	(*QueryResult)(nil),       // 31: ledger.raft.v1.QueryResult
+	(*Totals)(nil),            // 32: ledger.raft.v1.Totals
+	(*ShardMap)(nil),          // 33: ledger.raft.v1.ShardMap
+	(*ShardReplicas)(nil),     // 34: ledger.raft.v1.ShardReplicas
+	(*NodeInfo)(nil),          // 35: ledger.raft.v1.NodeInfo
+	(*MetaCommand)(nil),       // 36: ledger.raft.v1.MetaCommand
+	(*MetaSnapshot)(nil),      // 37: ledger.raft.v1.MetaSnapshot
+	(*v1.Transfer)(nil),       // 38: ledger.v1.Transfer
+	(v1.TransferStatus)(0),    // 39: ledger.v1.TransferStatus
+	(v1.TransferState)(0),     // 40: ledger.v1.TransferState
+	(*v1.Account)(nil),        // 41: ledger.v1.Account
+	(*v1.AccountResult)(nil),  // 42: ledger.v1.AccountResult
+	(*v1.TransferResult)(nil), // 43: ledger.v1.TransferResult
 }
 var file_ledger_raft_v1_raft_proto_depIdxs = []int32{
-	4,  // 0: ledger.raft.v1.Batch.commands:type_name -> ledger.raft.v1.Command
-	5,  // 1: ledger.raft.v1.Command.create_accounts:type_name -> ledger.raft.v1.CreateAccounts
-	6,  // 2: ledger.raft.v1.Command.create_transfers:type_name -> ledger.raft.v1.CreateTransfers
-	8,  // 3: ledger.raft.v1.Command.prepare:type_name -> ledger.raft.v1.PrepareBranches
-	9,  // 4: ledger.raft.v1.Command.resolve:type_name -> ledger.raft.v1.ResolveBranches
-	11, // 5: ledger.raft.v1.Command.assign_slots:type_name -> ledger.raft.v1.AssignSlots
-	27, // 6: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
-	28, // 7: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
-	7,  // 8: ledger.raft.v1.PrepareBranches.branches:type_name -> ledger.raft.v1.Branch
-	10, // 9: ledger.raft.v1.ResolveBranches.branches:type_name -> ledger.raft.v1.BranchRef
-	13, // 10: ledger.raft.v1.BatchResult.results:type_name -> ledger.raft.v1.CommandResult
-	0,  // 11: ledger.raft.v1.CommandResult.refusal:type_name -> ledger.raft.v1.Refusal
-	29, // 12: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
-	30, // 13: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
-	14, // 14: ledger.raft.v1.CommandResult.votes:type_name -> ledger.raft.v1.Vote
-	1,  // 15: ledger.raft.v1.Vote.state:type_name -> ledger.raft.v1.BranchState
-	31, // 16: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
-	7,  // 17: ledger.raft.v1.StoredBranch.branch:type_name -> ledger.raft.v1.Branch
-	1,  // 18: ledger.raft.v1.StoredBranch.state:type_name -> ledger.raft.v1.BranchState
-	31, // 19: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
-	28, // 20: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
-	31, // 21: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
-	2,  // 22: ledger.raft.v1.Event.kind:type_name -> ledger.raft.v1.EventKind
-	27, // 23: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
-	28, // 24: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
-	7,  // 25: ledger.raft.v1.Event.branch:type_name -> ledger.raft.v1.Branch
-	20, // 26: ledger.raft.v1.Query.accounts:type_name -> ledger.raft.v1.IdList
-	20, // 27: ledger.raft.v1.Query.transfers:type_name -> ledger.raft.v1.IdList
-	27, // 28: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
-	28, // 29: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
-	17, // 30: ledger.raft.v1.QueryResult.shard_state:type_name -> ledger.raft.v1.ShardState
-	23, // 31: ledger.raft.v1.ShardMap.shards:type_name -> ledger.raft.v1.ShardReplicas
-	24, // 32: ledger.raft.v1.ShardMap.nodes:type_name -> ledger.raft.v1.NodeInfo
-	22, // 33: ledger.raft.v1.MetaCommand.init:type_name -> ledger.raft.v1.ShardMap
-	22, // 34: ledger.raft.v1.MetaSnapshot.map:type_name -> ledger.raft.v1.ShardMap
-	35, // [35:35] is the sub-list for method output_type
-	35, // [35:35] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	5,  // 0: ledger.raft.v1.Batch.commands:type_name -> ledger.raft.v1.Command
+	15, // 1: ledger.raft.v1.Command.create_accounts:type_name -> ledger.raft.v1.CreateAccounts
+	16, // 2: ledger.raft.v1.Command.create_transfers:type_name -> ledger.raft.v1.CreateTransfers
+	18, // 3: ledger.raft.v1.Command.prepare:type_name -> ledger.raft.v1.PrepareBranches
+	19, // 4: ledger.raft.v1.Command.resolve:type_name -> ledger.raft.v1.ResolveBranches
+	21, // 5: ledger.raft.v1.Command.assign_slots:type_name -> ledger.raft.v1.AssignSlots
+	6,  // 6: ledger.raft.v1.Command.expire_pending:type_name -> ledger.raft.v1.ExpirePending
+	8,  // 7: ledger.raft.v1.Command.begin_txn:type_name -> ledger.raft.v1.BeginTxn
+	9,  // 8: ledger.raft.v1.Command.decide_txn:type_name -> ledger.raft.v1.DecideTxn
+	10, // 9: ledger.raft.v1.Command.forget_txn:type_name -> ledger.raft.v1.ForgetTxn
+	11, // 10: ledger.raft.v1.Command.resolve_pending:type_name -> ledger.raft.v1.ResolvePending
+	12, // 11: ledger.raft.v1.Command.expire_txns:type_name -> ledger.raft.v1.ExpireTxns
+	7,  // 12: ledger.raft.v1.ExpirePending.transfers:type_name -> ledger.raft.v1.TransferRef
+	38, // 13: ledger.raft.v1.BeginTxn.transfers:type_name -> ledger.v1.Transfer
+	17, // 14: ledger.raft.v1.BeginTxn.branches:type_name -> ledger.raft.v1.Branch
+	0,  // 15: ledger.raft.v1.DecideTxn.decision:type_name -> ledger.raft.v1.TxnDecision
+	24, // 16: ledger.raft.v1.DecideTxn.votes:type_name -> ledger.raft.v1.Vote
+	39, // 17: ledger.raft.v1.DecideTxn.status:type_name -> ledger.v1.TransferStatus
+	38, // 18: ledger.raft.v1.ResolvePending.transfer:type_name -> ledger.v1.Transfer
+	38, // 19: ledger.raft.v1.TxnRecord.transfers:type_name -> ledger.v1.Transfer
+	17, // 20: ledger.raft.v1.TxnRecord.branches:type_name -> ledger.raft.v1.Branch
+	0,  // 21: ledger.raft.v1.TxnRecord.decision:type_name -> ledger.raft.v1.TxnDecision
+	39, // 22: ledger.raft.v1.TxnRecord.status:type_name -> ledger.v1.TransferStatus
+	40, // 23: ledger.raft.v1.TxnRecord.pending_state:type_name -> ledger.v1.TransferState
+	41, // 24: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
+	38, // 25: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
+	17, // 26: ledger.raft.v1.PrepareBranches.branches:type_name -> ledger.raft.v1.Branch
+	20, // 27: ledger.raft.v1.ResolveBranches.branches:type_name -> ledger.raft.v1.BranchRef
+	23, // 28: ledger.raft.v1.BatchResult.results:type_name -> ledger.raft.v1.CommandResult
+	1,  // 29: ledger.raft.v1.CommandResult.refusal:type_name -> ledger.raft.v1.Refusal
+	42, // 30: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
+	43, // 31: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
+	24, // 32: ledger.raft.v1.CommandResult.votes:type_name -> ledger.raft.v1.Vote
+	13, // 33: ledger.raft.v1.CommandResult.txn:type_name -> ledger.raft.v1.TxnRecord
+	2,  // 34: ledger.raft.v1.Vote.state:type_name -> ledger.raft.v1.BranchState
+	39, // 35: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
+	17, // 36: ledger.raft.v1.StoredBranch.branch:type_name -> ledger.raft.v1.Branch
+	2,  // 37: ledger.raft.v1.StoredBranch.state:type_name -> ledger.raft.v1.BranchState
+	39, // 38: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
+	38, // 39: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
+	39, // 40: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
+	3,  // 41: ledger.raft.v1.Event.kind:type_name -> ledger.raft.v1.EventKind
+	41, // 42: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
+	38, // 43: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
+	17, // 44: ledger.raft.v1.Event.branch:type_name -> ledger.raft.v1.Branch
+	30, // 45: ledger.raft.v1.Query.accounts:type_name -> ledger.raft.v1.IdList
+	30, // 46: ledger.raft.v1.Query.transfers:type_name -> ledger.raft.v1.IdList
+	30, // 47: ledger.raft.v1.Query.txns:type_name -> ledger.raft.v1.IdList
+	41, // 48: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
+	38, // 49: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
+	27, // 50: ledger.raft.v1.QueryResult.shard_state:type_name -> ledger.raft.v1.ShardState
+	25, // 51: ledger.raft.v1.QueryResult.prepared:type_name -> ledger.raft.v1.StoredBranch
+	26, // 52: ledger.raft.v1.QueryResult.pending:type_name -> ledger.raft.v1.StoredTransfer
+	32, // 53: ledger.raft.v1.QueryResult.totals:type_name -> ledger.raft.v1.Totals
+	13, // 54: ledger.raft.v1.QueryResult.txns:type_name -> ledger.raft.v1.TxnRecord
+	34, // 55: ledger.raft.v1.ShardMap.shards:type_name -> ledger.raft.v1.ShardReplicas
+	35, // 56: ledger.raft.v1.ShardMap.nodes:type_name -> ledger.raft.v1.NodeInfo
+	33, // 57: ledger.raft.v1.MetaCommand.init:type_name -> ledger.raft.v1.ShardMap
+	33, // 58: ledger.raft.v1.MetaSnapshot.map:type_name -> ledger.raft.v1.ShardMap
+	59, // [59:59] is the sub-list for method output_type
+	59, // [59:59] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_ledger_raft_v1_raft_proto_init() }
@@ -2147,14 +3260,24 @@ func file_ledger_raft_v1_raft_proto_init() {
 		(*Command_Prepare)(nil),
 		(*Command_Resolve)(nil),
 		(*Command_AssignSlots)(nil),
+		(*Command_ExpirePending)(nil),
+		(*Command_BeginTxn)(nil),
+		(*Command_DecideTxn)(nil),
+		(*Command_ForgetTxn)(nil),
+		(*Command_ResolvePending)(nil),
+		(*Command_ExpireTxns)(nil),
 	}
-	file_ledger_raft_v1_raft_proto_msgTypes[16].OneofWrappers = []any{
+	file_ledger_raft_v1_raft_proto_msgTypes[25].OneofWrappers = []any{
 		(*Query_Accounts)(nil),
 		(*Query_Transfers)(nil),
 		(*Query_StateHash)(nil),
 		(*Query_ShardState)(nil),
+		(*Query_OpenWork)(nil),
+		(*Query_Totals)(nil),
+		(*Query_OpenTxns)(nil),
+		(*Query_Txns)(nil),
 	}
-	file_ledger_raft_v1_raft_proto_msgTypes[22].OneofWrappers = []any{
+	file_ledger_raft_v1_raft_proto_msgTypes[32].OneofWrappers = []any{
 		(*MetaCommand_Init)(nil),
 	}
 	type x struct{}
@@ -2162,8 +3285,8 @@ func file_ledger_raft_v1_raft_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ledger_raft_v1_raft_proto_rawDesc), len(file_ledger_raft_v1_raft_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   24,
+			NumEnums:      4,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
