@@ -525,7 +525,7 @@ func (m *propModel) checkTransfers(in []*ledgerv1.Transfer, r *raftv1.CommandRes
 			if got == stCreated && t.GetPending() {
 				m.live[t.GetId()] = t
 			}
-		case sameTransferFields(f.t, t):
+		case SameTransferFields(f.t, t):
 			if want := replayed(f.status); got != want {
 				m.t.Fatalf("step %d: transfer %q answered %v, first answer was %v: want %v (one outcome forever)",
 					m.steps, t.GetId(), got, f.status, want)

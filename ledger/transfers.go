@@ -121,7 +121,7 @@ func (a *Applier) createTransfers(ct *raftv1.CreateTransfers) (*raftv1.CommandRe
 
 // replay is the answer to a transfer whose id already has an outcome.
 func replay(old *raftv1.StoredTransfer, t *ledgerv1.Transfer) outcome {
-	if !sameTransferFields(old.Transfer, t) {
+	if !SameTransferFields(old.Transfer, t) {
 		return outcome{status: stIDReused, msg: "a transfer with this id exists with different fields"}
 	}
 	if old.Status == stCreated {
@@ -178,8 +178,8 @@ func (a *Applier) putTransfer(rec *raftv1.StoredTransfer) {
 	}
 }
 
-// sameTransferFields compares what the client chose (not linked, not ledger-set fields).
-func sameTransferFields(a, b *ledgerv1.Transfer) bool {
+// SameTransferFields compares what the client chose (not linked, not ledger-set fields).
+func SameTransferFields(a, b *ledgerv1.Transfer) bool {
 	return a.GetDebitAccountId() == b.GetDebitAccountId() && a.GetCreditAccountId() == b.GetCreditAccountId() &&
 		a.GetAmount() == b.GetAmount() && a.GetCurrency() == b.GetCurrency() && a.GetCode() == b.GetCode() &&
 		a.GetUserData() == b.GetUserData() && a.GetPending() == b.GetPending() &&

@@ -151,11 +151,7 @@ func openSM(t *testing.T, dir string) (*StateMachine, uint64) {
 	if err != nil {
 		t.Fatalf("open %s: %v", dir, err)
 	}
-	t.Cleanup(func() {
-		if m.store != nil {
-			_ = m.store.Close()
-		}
-	})
+	t.Cleanup(func() { _ = m.Close() }) // idempotent
 	return m, applied
 }
 
@@ -714,8 +710,8 @@ func TestFactory(t *testing.T) {
 	if !ok {
 		t.Fatalf("factory built %T", built)
 	}
-	if want := filepath.Join(dir, "shard-3-replica-5"); m.dir != want {
-		t.Fatalf("dir %q, want %q", m.dir, want)
+	if want := filepath.Join(dir, "shard-3-replica-5"); m.Dir() != want {
+		t.Fatalf("dir %q, want %q", m.Dir(), want)
 	}
 	if idx, err := m.Open(nil); err != nil || idx != 0 {
 		t.Fatalf("open: %d, %v", idx, err)

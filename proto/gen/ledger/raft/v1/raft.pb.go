@@ -647,11 +647,11 @@ func (x *TransferRef) GetDebitAccountId() string {
 
 // BeginTxn records a cross-shard transaction: the transfers (a single transfer or a
 // linked chain) and their branches (debit and credit of each transfer, in order).
+// The branches are derived by the state machine (debit then credit of each transfer).
 type BeginTxn struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TxnId         string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
 	Transfers     []*v1.Transfer         `protobuf:"bytes,2,rep,name=transfers,proto3" json:"transfers,omitempty"`
-	Branches      []*Branch              `protobuf:"bytes,3,rep,name=branches,proto3" json:"branches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -696,13 +696,6 @@ func (x *BeginTxn) GetTxnId() string {
 func (x *BeginTxn) GetTransfers() []*v1.Transfer {
 	if x != nil {
 		return x.Transfers
-	}
-	return nil
-}
-
-func (x *BeginTxn) GetBranches() []*Branch {
-	if x != nil {
-		return x.Branches
 	}
 	return nil
 }
@@ -2914,11 +2907,10 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\ttransfers\x18\x01 \x03(\v2\x1b.ledger.raft.v1.TransferRefR\ttransfers\"G\n" +
 	"\vTransferRef\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
-	"\x10debit_account_id\x18\x02 \x01(\tR\x0edebitAccountId\"\x88\x01\n" +
+	"\x10debit_account_id\x18\x02 \x01(\tR\x0edebitAccountId\"T\n" +
 	"\bBeginTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x121\n" +
-	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\x122\n" +
-	"\bbranches\x18\x03 \x03(\v2\x16.ledger.raft.v1.BranchR\bbranches\"\xf7\x01\n" +
+	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\"\xf7\x01\n" +
 	"\tDecideTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.ledger.raft.v1.TxnDecisionR\bdecision\x12*\n" +
@@ -3197,56 +3189,55 @@ var file_ledger_raft_v1_raft_proto_depIdxs = []int32{
 	12, // 11: ledger.raft.v1.Command.expire_txns:type_name -> ledger.raft.v1.ExpireTxns
 	7,  // 12: ledger.raft.v1.ExpirePending.transfers:type_name -> ledger.raft.v1.TransferRef
 	38, // 13: ledger.raft.v1.BeginTxn.transfers:type_name -> ledger.v1.Transfer
-	17, // 14: ledger.raft.v1.BeginTxn.branches:type_name -> ledger.raft.v1.Branch
-	0,  // 15: ledger.raft.v1.DecideTxn.decision:type_name -> ledger.raft.v1.TxnDecision
-	24, // 16: ledger.raft.v1.DecideTxn.votes:type_name -> ledger.raft.v1.Vote
-	39, // 17: ledger.raft.v1.DecideTxn.status:type_name -> ledger.v1.TransferStatus
-	38, // 18: ledger.raft.v1.ResolvePending.transfer:type_name -> ledger.v1.Transfer
-	38, // 19: ledger.raft.v1.TxnRecord.transfers:type_name -> ledger.v1.Transfer
-	17, // 20: ledger.raft.v1.TxnRecord.branches:type_name -> ledger.raft.v1.Branch
-	0,  // 21: ledger.raft.v1.TxnRecord.decision:type_name -> ledger.raft.v1.TxnDecision
-	39, // 22: ledger.raft.v1.TxnRecord.status:type_name -> ledger.v1.TransferStatus
-	40, // 23: ledger.raft.v1.TxnRecord.pending_state:type_name -> ledger.v1.TransferState
-	41, // 24: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
-	38, // 25: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
-	17, // 26: ledger.raft.v1.PrepareBranches.branches:type_name -> ledger.raft.v1.Branch
-	20, // 27: ledger.raft.v1.ResolveBranches.branches:type_name -> ledger.raft.v1.BranchRef
-	23, // 28: ledger.raft.v1.BatchResult.results:type_name -> ledger.raft.v1.CommandResult
-	1,  // 29: ledger.raft.v1.CommandResult.refusal:type_name -> ledger.raft.v1.Refusal
-	42, // 30: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
-	43, // 31: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
-	24, // 32: ledger.raft.v1.CommandResult.votes:type_name -> ledger.raft.v1.Vote
-	13, // 33: ledger.raft.v1.CommandResult.txn:type_name -> ledger.raft.v1.TxnRecord
-	2,  // 34: ledger.raft.v1.Vote.state:type_name -> ledger.raft.v1.BranchState
-	39, // 35: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
-	17, // 36: ledger.raft.v1.StoredBranch.branch:type_name -> ledger.raft.v1.Branch
-	2,  // 37: ledger.raft.v1.StoredBranch.state:type_name -> ledger.raft.v1.BranchState
-	39, // 38: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
-	38, // 39: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
-	39, // 40: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
-	3,  // 41: ledger.raft.v1.Event.kind:type_name -> ledger.raft.v1.EventKind
-	41, // 42: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
-	38, // 43: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
-	17, // 44: ledger.raft.v1.Event.branch:type_name -> ledger.raft.v1.Branch
-	30, // 45: ledger.raft.v1.Query.accounts:type_name -> ledger.raft.v1.IdList
-	30, // 46: ledger.raft.v1.Query.transfers:type_name -> ledger.raft.v1.IdList
-	30, // 47: ledger.raft.v1.Query.txns:type_name -> ledger.raft.v1.IdList
-	41, // 48: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
-	38, // 49: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
-	27, // 50: ledger.raft.v1.QueryResult.shard_state:type_name -> ledger.raft.v1.ShardState
-	25, // 51: ledger.raft.v1.QueryResult.prepared:type_name -> ledger.raft.v1.StoredBranch
-	26, // 52: ledger.raft.v1.QueryResult.pending:type_name -> ledger.raft.v1.StoredTransfer
-	32, // 53: ledger.raft.v1.QueryResult.totals:type_name -> ledger.raft.v1.Totals
-	13, // 54: ledger.raft.v1.QueryResult.txns:type_name -> ledger.raft.v1.TxnRecord
-	34, // 55: ledger.raft.v1.ShardMap.shards:type_name -> ledger.raft.v1.ShardReplicas
-	35, // 56: ledger.raft.v1.ShardMap.nodes:type_name -> ledger.raft.v1.NodeInfo
-	33, // 57: ledger.raft.v1.MetaCommand.init:type_name -> ledger.raft.v1.ShardMap
-	33, // 58: ledger.raft.v1.MetaSnapshot.map:type_name -> ledger.raft.v1.ShardMap
-	59, // [59:59] is the sub-list for method output_type
-	59, // [59:59] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	0,  // 14: ledger.raft.v1.DecideTxn.decision:type_name -> ledger.raft.v1.TxnDecision
+	24, // 15: ledger.raft.v1.DecideTxn.votes:type_name -> ledger.raft.v1.Vote
+	39, // 16: ledger.raft.v1.DecideTxn.status:type_name -> ledger.v1.TransferStatus
+	38, // 17: ledger.raft.v1.ResolvePending.transfer:type_name -> ledger.v1.Transfer
+	38, // 18: ledger.raft.v1.TxnRecord.transfers:type_name -> ledger.v1.Transfer
+	17, // 19: ledger.raft.v1.TxnRecord.branches:type_name -> ledger.raft.v1.Branch
+	0,  // 20: ledger.raft.v1.TxnRecord.decision:type_name -> ledger.raft.v1.TxnDecision
+	39, // 21: ledger.raft.v1.TxnRecord.status:type_name -> ledger.v1.TransferStatus
+	40, // 22: ledger.raft.v1.TxnRecord.pending_state:type_name -> ledger.v1.TransferState
+	41, // 23: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
+	38, // 24: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
+	17, // 25: ledger.raft.v1.PrepareBranches.branches:type_name -> ledger.raft.v1.Branch
+	20, // 26: ledger.raft.v1.ResolveBranches.branches:type_name -> ledger.raft.v1.BranchRef
+	23, // 27: ledger.raft.v1.BatchResult.results:type_name -> ledger.raft.v1.CommandResult
+	1,  // 28: ledger.raft.v1.CommandResult.refusal:type_name -> ledger.raft.v1.Refusal
+	42, // 29: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
+	43, // 30: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
+	24, // 31: ledger.raft.v1.CommandResult.votes:type_name -> ledger.raft.v1.Vote
+	13, // 32: ledger.raft.v1.CommandResult.txn:type_name -> ledger.raft.v1.TxnRecord
+	2,  // 33: ledger.raft.v1.Vote.state:type_name -> ledger.raft.v1.BranchState
+	39, // 34: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
+	17, // 35: ledger.raft.v1.StoredBranch.branch:type_name -> ledger.raft.v1.Branch
+	2,  // 36: ledger.raft.v1.StoredBranch.state:type_name -> ledger.raft.v1.BranchState
+	39, // 37: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
+	38, // 38: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
+	39, // 39: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
+	3,  // 40: ledger.raft.v1.Event.kind:type_name -> ledger.raft.v1.EventKind
+	41, // 41: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
+	38, // 42: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
+	17, // 43: ledger.raft.v1.Event.branch:type_name -> ledger.raft.v1.Branch
+	30, // 44: ledger.raft.v1.Query.accounts:type_name -> ledger.raft.v1.IdList
+	30, // 45: ledger.raft.v1.Query.transfers:type_name -> ledger.raft.v1.IdList
+	30, // 46: ledger.raft.v1.Query.txns:type_name -> ledger.raft.v1.IdList
+	41, // 47: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
+	38, // 48: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
+	27, // 49: ledger.raft.v1.QueryResult.shard_state:type_name -> ledger.raft.v1.ShardState
+	25, // 50: ledger.raft.v1.QueryResult.prepared:type_name -> ledger.raft.v1.StoredBranch
+	26, // 51: ledger.raft.v1.QueryResult.pending:type_name -> ledger.raft.v1.StoredTransfer
+	32, // 52: ledger.raft.v1.QueryResult.totals:type_name -> ledger.raft.v1.Totals
+	13, // 53: ledger.raft.v1.QueryResult.txns:type_name -> ledger.raft.v1.TxnRecord
+	34, // 54: ledger.raft.v1.ShardMap.shards:type_name -> ledger.raft.v1.ShardReplicas
+	35, // 55: ledger.raft.v1.ShardMap.nodes:type_name -> ledger.raft.v1.NodeInfo
+	33, // 56: ledger.raft.v1.MetaCommand.init:type_name -> ledger.raft.v1.ShardMap
+	33, // 57: ledger.raft.v1.MetaSnapshot.map:type_name -> ledger.raft.v1.ShardMap
+	58, // [58:58] is the sub-list for method output_type
+	58, // [58:58] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_ledger_raft_v1_raft_proto_init() }

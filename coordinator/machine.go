@@ -1,0 +1,473 @@
+// Package coordinator is the cross-shard transaction coordinator: a pure, deterministic
+// state machine of transaction records (Begin, conditional Decide, Forget, TCC post/void
+// and expiry), its dragonboat adapter, and the driver that runs on the group leader.
+package coordinator
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/shardledger/shardledger/ledger"
+	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
+	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
+)
+
+// Keys.
+const (
+	prefixState    byte = 'c'
+	prefixOpen     byte = 'o' // txn id -> "" while not forgotten
+	prefixResolved byte = 'p' // post/void transfer id -> StoredTransfer
+	prefixTxn      byte = 'r' // txn id -> TxnRecord
+	prefixIndex    byte = 't' // transfer id -> txn id
+)
+
+func key(prefix byte, id string) []byte { return append([]byte{prefix}, id...) }
+
+var stateKey = []byte{prefixState}
+
+const (
+	decNone   = raftv1.TxnDecision_TXN_DECISION_UNSPECIFIED
+	decCommit = raftv1.TxnDecision_TXN_DECISION_COMMIT
+	decAbort  = raftv1.TxnDecision_TXN_DECISION_ABORT
+	decHold   = raftv1.TxnDecision_TXN_DECISION_HOLD
+
+	refusalMalformed = raftv1.Refusal_REFUSAL_MALFORMED
+
+	stCreated       = ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED
+	stExists        = ledgerv1.TransferStatus_TRANSFER_STATUS_EXISTS
+	stIDReused      = ledgerv1.TransferStatus_TRANSFER_STATUS_ID_REUSED
+	stPendingNF     = ledgerv1.TransferStatus_TRANSFER_STATUS_PENDING_NOT_FOUND
+	stAlreadyPosted = ledgerv1.TransferStatus_TRANSFER_STATUS_PENDING_ALREADY_POSTED
+	stAlreadyVoided = ledgerv1.TransferStatus_TRANSFER_STATUS_PENDING_ALREADY_VOIDED
+	stExpired       = ledgerv1.TransferStatus_TRANSFER_STATUS_PENDING_EXPIRED
+	stInvalidAmount = ledgerv1.TransferStatus_TRANSFER_STATUS_INVALID_AMOUNT
+	stCurrency      = ledgerv1.TransferStatus_TRANSFER_STATUS_CURRENCY_MISMATCH
+
+	statePending = ledgerv1.TransferState_TRANSFER_STATE_PENDING
+	statePosted  = ledgerv1.TransferState_TRANSFER_STATE_POSTED
+	stateVoided  = ledgerv1.TransferState_TRANSFER_STATE_VOIDED
+	stateExpired = ledgerv1.TransferState_TRANSFER_STATE_EXPIRED
+)
+
+// Applier applies coordinator commands to one overlay (one batch of raft entries).
+type Applier struct {
+	ov    *ledger.Overlay
+	state *raftv1.CoordState
+	now   int64
+}
+
+// NewApplier loads the group state through r.
+func NewApplier(r ledger.Reader) (*Applier, error) {
+	ov := ledger.NewOverlay(r)
+	st := &raftv1.CoordState{}
+	v, ok, err := ov.Get(stateKey)
+	if err != nil {
+		return nil, fmt.Errorf("load coordinator state: %w", err)
+	}
+	if ok {
+		if err := proto.Unmarshal(v, st); err != nil {
+			return nil, fmt.Errorf("decode coordinator state: %w", err)
+		}
+	}
+	return &Applier{ov: ov, state: st}, nil
+}
+
+// Overlay returns every write of the batch, group state included.
+func (a *Applier) Overlay() *ledger.Overlay {
+	a.ov.Set(stateKey, marshal(a.state))
+	return a.ov
+}
+
+// State returns the group's bookkeeping.
+func (a *Applier) State() *raftv1.CoordState { return a.state }
+
+// ApplyBatch applies every command of an entry in order.
+func (a *Applier) ApplyBatch(b *raftv1.Batch) (*raftv1.BatchResult, error) {
+	out := &raftv1.BatchResult{Results: make([]*raftv1.CommandResult, 0, len(b.GetCommands()))}
+	for i, c := range b.GetCommands() {
+		r, err := a.Apply(c)
+		if err != nil {
+			return nil, fmt.Errorf("command %d: %w", i, err)
+		}
+		out.Results = append(out.Results, r)
+	}
+	return out, nil
+}
+
+func refuse(format string, args ...any) *raftv1.CommandResult {
+	return &raftv1.CommandResult{Refusal: refusalMalformed, Message: fmt.Sprintf(format, args...)}
+}
+
+// Apply applies one command. Refused commands change nothing (not even the clock).
+func (a *Applier) Apply(c *raftv1.Command) (*raftv1.CommandResult, error) {
+	last := a.state.LastTimestampUnixNano
+	if c.GetTimestampUnixNano() > a.state.LastTimestampUnixNano {
+		a.state.LastTimestampUnixNano = c.GetTimestampUnixNano()
+	}
+	a.now = a.state.LastTimestampUnixNano
+	var (
+		r   *raftv1.CommandResult
+		err error
+	)
+	switch op := c.GetOp().(type) {
+	case *raftv1.Command_BeginTxn:
+		r, err = a.begin(op.BeginTxn)
+	case *raftv1.Command_DecideTxn:
+		r, err = a.decide(op.DecideTxn)
+	case *raftv1.Command_ForgetTxn:
+		r, err = a.forget(op.ForgetTxn)
+	case *raftv1.Command_ResolvePending:
+		r, err = a.resolvePending(op.ResolvePending)
+	case *raftv1.Command_ExpireTxns:
+		r, err = a.expireTxns(op.ExpireTxns)
+	default:
+		r = refuse("command %T is not for a coordinator group", op)
+	}
+	if err == nil && r.GetRefusal() != raftv1.Refusal_REFUSAL_UNSPECIFIED {
+		a.state.LastTimestampUnixNano = last
+	}
+	return r, err
+}
+
+// Branches derives a transaction's branches: the debit then the credit of each transfer.
+func Branches(txnID string, ts []*ledgerv1.Transfer) []*raftv1.Branch {
+	out := make([]*raftv1.Branch, 0, 2*len(ts))
+	for i, t := range ts {
+		out = append(out,
+			&raftv1.Branch{TxnId: txnID, Index: uint32(2 * i), AccountId: t.DebitAccountId, Debit: true, Amount: t.Amount, Currency: t.Currency},
+			&raftv1.Branch{TxnId: txnID, Index: uint32(2*i + 1), AccountId: t.CreditAccountId, Amount: t.Amount, Currency: t.Currency})
+	}
+	return out
+}
+
+// TransferOf is the index of the transfer a branch belongs to.
+func TransferOf(branchIndex uint32) int { return int(branchIndex / 2) }
+
+func (a *Applier) getTxn(id string) (*raftv1.TxnRecord, error) {
+	v, ok, err := a.ov.Get(key(prefixTxn, id))
+	if err != nil || !ok {
+		return nil, err
+	}
+	rec := &raftv1.TxnRecord{}
+	if err := proto.Unmarshal(v, rec); err != nil {
+		return nil, fmt.Errorf("decode txn %q: %w", id, err)
+	}
+	return rec, nil
+}
+
+func (a *Applier) putTxn(rec *raftv1.TxnRecord) {
+	a.ov.Set(key(prefixTxn, rec.TxnId), marshal(rec))
+}
+
+func (a *Applier) txnOfTransfer(id string) (string, bool, error) {
+	v, ok, err := a.ov.Get(key(prefixIndex, id))
+	return string(v), ok, err
+}
+
+func (a *Applier) getResolved(id string) (*raftv1.StoredTransfer, error) {
+	v, ok, err := a.ov.Get(key(prefixResolved, id))
+	if err != nil || !ok {
+		return nil, err
+	}
+	rec := &raftv1.StoredTransfer{}
+	if err := proto.Unmarshal(v, rec); err != nil {
+		return nil, fmt.Errorf("decode resolved transfer %q: %w", id, err)
+	}
+	return rec, nil
+}
+
+func (a *Applier) begin(b *raftv1.BeginTxn) (*raftv1.CommandResult, error) {
+	ts := b.GetTransfers()
+	if err := ledger.ValidateID(b.GetTxnId()); err != nil {
+		return refuse("txn_id: %v", err), nil
+	}
+	if len(ts) == 0 || len(ts) > ledger.BatchItemsMax {
+		return refuse("a transaction has 1-%d transfers, got %d", ledger.BatchItemsMax, len(ts)), nil
+	}
+	if ts[0].GetId() != b.GetTxnId() {
+		return refuse("txn id %q must be its first transfer's id %q", b.GetTxnId(), ts[0].GetId()), nil
+	}
+	for i, t := range ts {
+		if err := ledger.ValidateTransfer(t); err != nil {
+			return refuse("transfer %d: %v", i, err), nil
+		}
+		if t.GetPostPendingId() != "" || t.GetVoidPendingId() != "" {
+			return refuse("transfer %d: posts and voids are not begun as transactions", i), nil
+		}
+		if t.GetPending() && len(ts) > 1 {
+			return refuse("transfer %d: a pending transfer must be alone in its transaction", i), nil
+		}
+		if (i < len(ts)-1) != t.GetLinked() {
+			return refuse("transfer %d: a transaction is one linked chain", i), nil
+		}
+	}
+	// An id already used answers its outcome (a retry) or ID_REUSED.
+	for _, t := range ts {
+		txnID, ok, err := a.txnOfTransfer(t.GetId())
+		if err != nil {
+			return nil, err
+		}
+		res, err := a.getResolved(t.GetId())
+		if err != nil {
+			return nil, err
+		}
+		if res != nil || (ok && txnID != b.GetTxnId()) {
+			return reused(ts), nil
+		}
+	}
+	old, err := a.getTxn(b.GetTxnId())
+	if err != nil {
+		return nil, err
+	}
+	if old != nil {
+		if !sameTransfers(old.Transfers, ts) {
+			return reused(ts), nil
+		}
+		return &raftv1.CommandResult{Txn: old, Existed: true}, nil
+	}
+	rec := &raftv1.TxnRecord{TxnId: b.GetTxnId(), FailedIndex: -1, BegunAtUnixNano: a.now,
+		Branches: Branches(b.GetTxnId(), ts)}
+	for _, t := range ts {
+		c := proto.Clone(t).(*ledgerv1.Transfer)
+		c.CreatedAt = timestamppb.New(time.Unix(0, a.now).UTC())
+		rec.Transfers = append(rec.Transfers, c)
+		a.ov.Set(key(prefixIndex, t.GetId()), []byte(b.GetTxnId()))
+	}
+	if t := ts[0]; t.GetPending() && t.GetTimeoutSeconds() > 0 {
+		rec.ExpiresAtUnixNano = a.now + int64(t.GetTimeoutSeconds())*int64(time.Second)
+	}
+	a.putTxn(rec)
+	a.ov.Set(key(prefixOpen, rec.TxnId), []byte{1})
+	a.state.OpenCount++
+	return &raftv1.CommandResult{Txn: rec}, nil
+}
+
+func reused(ts []*ledgerv1.Transfer) *raftv1.CommandResult {
+	r := &raftv1.CommandResult{}
+	for _, t := range ts {
+		r.Transfers = append(r.Transfers, &ledgerv1.TransferResult{Id: t.GetId(), Status: stIDReused,
+			Message: "a transfer with this id exists with different fields"})
+	}
+	return r
+}
+
+func sameTransfers(a, b []*ledgerv1.Transfer) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].GetId() != b[i].GetId() || !ledger.SameTransferFields(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
+	rec, err := a.getTxn(d.GetTxnId())
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return refuse("unknown txn %q", d.GetTxnId()), nil
+	}
+	if rec.Decision != decNone {
+		// Conditional: the first decision stands; the caller reads it in the result.
+		return &raftv1.CommandResult{Txn: rec}, nil
+	}
+	pending := rec.Transfers[0].GetPending()
+	switch d.GetDecision() {
+	case decCommit, decHold:
+		if (d.GetDecision() == decHold) != pending {
+			return refuse("txn %q: %s does not fit a pending=%v transaction", rec.TxnId, d.GetDecision(), pending), nil
+		}
+		if msg := allPrepared(rec, d.GetVotes()); msg != "" {
+			return refuse("txn %q: %s without a yes vote: %s", rec.TxnId, d.GetDecision(), msg), nil
+		}
+		if pending {
+			rec.PendingState = statePending
+		}
+	case decAbort:
+		rec.Status, rec.Message, rec.FailedIndex = d.GetStatus(), d.GetMessage(), d.GetFailedIndex()
+		if rec.FailedIndex < -1 || int(rec.FailedIndex) >= len(rec.Transfers) {
+			rec.FailedIndex = -1
+		}
+	default:
+		return refuse("txn %q: no decision given", rec.TxnId), nil
+	}
+	rec.Decision = d.GetDecision()
+	rec.DecidedAtUnixNano = a.now
+	a.putTxn(rec)
+	return &raftv1.CommandResult{Txn: rec}, nil
+}
+
+// allPrepared checks that votes hold a PREPARED vote for every branch; "" when they do.
+func allPrepared(rec *raftv1.TxnRecord, votes []*raftv1.Vote) string {
+	yes := make(map[uint32]bool, len(votes))
+	for _, v := range votes {
+		if v.GetTxnId() == rec.TxnId && v.GetState() == raftv1.BranchState_BRANCH_STATE_PREPARED {
+			yes[v.GetIndex()] = true
+		}
+	}
+	for _, b := range rec.Branches {
+		if !yes[b.Index] {
+			return fmt.Sprintf("branch %d", b.Index)
+		}
+	}
+	return ""
+}
+
+func (a *Applier) forget(f *raftv1.ForgetTxn) (*raftv1.CommandResult, error) {
+	rec, err := a.getTxn(f.GetTxnId())
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil {
+		return refuse("unknown txn %q", f.GetTxnId()), nil
+	}
+	if rec.Forgotten {
+		return &raftv1.CommandResult{Txn: rec}, nil
+	}
+	if rec.Decision != decCommit && rec.Decision != decAbort {
+		return refuse("txn %q is not decided (%s): it cannot be forgotten", rec.TxnId, rec.Decision), nil
+	}
+	rec.Forgotten = true
+	a.putTxn(rec)
+	a.ov.Delete(key(prefixOpen, rec.TxnId))
+	if a.state.OpenCount == 0 {
+		return nil, fmt.Errorf("open count underflow forgetting %q", rec.TxnId)
+	}
+	a.state.OpenCount--
+	return &raftv1.CommandResult{Txn: rec}, nil
+}
+
+// resolvePending posts or voids a held transaction (the client's Confirm or Cancel).
+func (a *Applier) resolvePending(rp *raftv1.ResolvePending) (*raftv1.CommandResult, error) {
+	t := rp.GetTransfer()
+	if err := ledger.ValidateTransfer(t); err != nil {
+		return refuse("transfer: %v", err), nil
+	}
+	pid := t.GetPostPendingId()
+	post := pid != ""
+	if !post {
+		pid = t.GetVoidPendingId()
+	}
+	if pid == "" {
+		return refuse("transfer %q is neither a post nor a void", t.GetId()), nil
+	}
+	answer := func(s ledgerv1.TransferStatus, msg string, rec *raftv1.TxnRecord) *raftv1.CommandResult {
+		return &raftv1.CommandResult{Txn: rec, Transfers: []*ledgerv1.TransferResult{{Id: t.GetId(), Status: s, Message: msg}}}
+	}
+	if old, err := a.getResolved(t.GetId()); err != nil || old != nil {
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case !ledger.SameTransferFields(old.Transfer, t):
+			return answer(stIDReused, "a transfer with this id exists with different fields", nil), nil
+		case old.Status == stCreated:
+			return answer(stExists, "", nil), nil
+		default:
+			return answer(old.Status, old.Message, nil), nil
+		}
+	}
+	if _, ok, err := a.txnOfTransfer(t.GetId()); err != nil || ok {
+		if err != nil {
+			return nil, err
+		}
+		return answer(stIDReused, "a transfer with this id exists with different fields", nil), nil
+	}
+	// Every outcome from here on is stored: one outcome per id, forever.
+	fail := func(s ledgerv1.TransferStatus, msg string, rec *raftv1.TxnRecord) *raftv1.CommandResult {
+		a.ov.Set(key(prefixResolved, t.GetId()), marshal(&raftv1.StoredTransfer{Transfer: t, Status: s, Message: msg}))
+		return answer(s, msg, rec)
+	}
+	rec, err := a.getTxn(pid)
+	if err != nil {
+		return nil, err
+	}
+	if rec == nil || !rec.Transfers[0].GetPending() || rec.Transfers[0].GetId() != pid {
+		return fail(stPendingNF, fmt.Sprintf("pending transfer %q not found", pid), nil), nil
+	}
+	pt := rec.Transfers[0]
+	switch {
+	case rec.Decision == decNone:
+		return fail(stPendingNF, fmt.Sprintf("pending transfer %q is still being prepared", pid), rec), nil
+	case rec.Decision == decCommit:
+		return fail(stAlreadyPosted, fmt.Sprintf("pending transfer %q was already posted", pid), rec), nil
+	case rec.Decision == decAbort && rec.PendingState == stateVoided:
+		return fail(stAlreadyVoided, fmt.Sprintf("pending transfer %q was already voided", pid), rec), nil
+	case rec.Decision == decAbort && rec.PendingState == stateExpired:
+		return fail(stExpired, fmt.Sprintf("pending transfer %q expired", pid), rec), nil
+	case rec.Decision == decAbort:
+		return fail(stPendingNF, fmt.Sprintf("pending transfer %q failed (%s)", pid, rec.Status), rec), nil
+	}
+	if expired(rec, a.now) {
+		a.expireTxn(rec)
+		return fail(stExpired, fmt.Sprintf("pending transfer %q expired", pid), rec), nil
+	}
+	if (t.GetDebitAccountId() != "" && t.GetDebitAccountId() != pt.DebitAccountId) ||
+		(t.GetCreditAccountId() != "" && t.GetCreditAccountId() != pt.CreditAccountId) {
+		return fail(stPendingNF, fmt.Sprintf("pending transfer %q moves %s -> %s", pid, pt.DebitAccountId, pt.CreditAccountId), nil), nil
+	}
+	if t.GetCurrency() != "" && t.GetCurrency() != pt.Currency {
+		return fail(stCurrency, fmt.Sprintf("pending transfer %q is in %s", pid, pt.Currency), nil), nil
+	}
+	amount := pt.Amount
+	if post {
+		if t.GetAmount() > pt.Amount {
+			return fail(stInvalidAmount, fmt.Sprintf("amount %d exceeds the pending amount %d", t.GetAmount(), pt.Amount), nil), nil
+		}
+		if t.GetAmount() > 0 {
+			amount = t.GetAmount()
+		}
+		rec.Decision, rec.PendingState, rec.CommitAmount = decCommit, statePosted, amount
+	} else {
+		rec.Decision, rec.PendingState = decAbort, stateVoided
+	}
+	rec.ResolvedBy, rec.DecidedAtUnixNano = t.GetId(), a.now
+	a.putTxn(rec)
+	stored := proto.Clone(t).(*ledgerv1.Transfer)
+	stored.CreatedAt = timestamppb.New(time.Unix(0, a.now).UTC())
+	a.ov.Set(key(prefixResolved, t.GetId()), marshal(&raftv1.StoredTransfer{Transfer: stored, Status: stCreated,
+		Amount: amount, Currency: pt.Currency}))
+	return answer(stCreated, "", rec), nil
+}
+
+func expired(rec *raftv1.TxnRecord, now int64) bool {
+	return rec.Decision == decHold && rec.ExpiresAtUnixNano > 0 && now >= rec.ExpiresAtUnixNano
+}
+
+func (a *Applier) expireTxn(rec *raftv1.TxnRecord) {
+	rec.Decision, rec.PendingState, rec.DecidedAtUnixNano = decAbort, stateExpired, a.now
+	a.putTxn(rec)
+}
+
+func (a *Applier) expireTxns(e *raftv1.ExpireTxns) (*raftv1.CommandResult, error) {
+	res := &raftv1.CommandResult{}
+	for _, id := range e.GetTxnIds() {
+		rec, err := a.getTxn(id)
+		if err != nil {
+			return nil, err
+		}
+		if rec == nil {
+			continue
+		}
+		if expired(rec, a.now) {
+			a.expireTxn(rec)
+		}
+		res.Transfers = append(res.Transfers, &ledgerv1.TransferResult{Id: id})
+	}
+	return res, nil
+}
+
+func marshal(m proto.Message) []byte {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		panic(fmt.Sprintf("coordinator: marshal %T: %v", m, err))
+	}
+	return b
+}
