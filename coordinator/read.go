@@ -1,0 +1,156 @@
+package coordinator
+
+import (
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/shardledger/shardledger/ledger"
+	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
+	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
+)
+
+// OpenMax bounds how many open transactions one query returns.
+const OpenMax = 100_000
+
+// ReadTxn reads a transaction record (nil when unknown).
+func ReadTxn(r ledger.Reader, txnID string) (*raftv1.TxnRecord, error) {
+	v, ok, err := r.Get(key(prefixTxn, txnID))
+	if err != nil || !ok {
+		return nil, err
+	}
+	rec := &raftv1.TxnRecord{}
+	if err := proto.Unmarshal(v, rec); err != nil {
+		return nil, fmt.Errorf("decode txn %q: %w", txnID, err)
+	}
+	return rec, nil
+}
+
+// ReadTxns reads records by txn id; unknown ids are left out.
+func ReadTxns(r ledger.Reader, ids []string) ([]*raftv1.TxnRecord, error) {
+	var out []*raftv1.TxnRecord
+	for _, id := range ids {
+		rec, err := ReadTxn(r, id)
+		if err != nil {
+			return nil, err
+		}
+		if rec != nil {
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+// ReadOpen lists the transactions not yet forgotten (at most OpenMax).
+func ReadOpen(s ledger.Scanner) ([]*raftv1.TxnRecord, error) {
+	var out []*raftv1.TxnRecord
+	err := s.Scan([]byte{prefixOpen}, func(k, _ []byte) error {
+		if len(out) >= OpenMax {
+			return nil
+		}
+		rec, err := ReadTxn(s, string(k[1:]))
+		if err != nil {
+			return err
+		}
+		if rec == nil {
+			return fmt.Errorf("open txn %q has no record", k[1:])
+		}
+		out = append(out, rec)
+		return nil
+	})
+	return out, err
+}
+
+// ReadTransfers finds transfers held by this coordinator group: transfers of
+// transactions that took effect (committed, held, or a pending one later voided or
+// expired) and posts/voids that succeeded. Failed ones are not found, as on shards.
+func ReadTransfers(r ledger.Reader, ids []string) (found []*ledgerv1.Transfer, notFound []string, err error) {
+	for _, id := range ids {
+		t, err := readTransfer(r, id)
+		if err != nil {
+			return nil, nil, err
+		}
+		if t == nil {
+			notFound = append(notFound, id)
+		} else {
+			found = append(found, t)
+		}
+	}
+	return found, notFound, nil
+}
+
+func readTransfer(r ledger.Reader, id string) (*ledgerv1.Transfer, error) {
+	v, ok, err := r.Get(key(prefixResolved, id))
+	if err != nil {
+		return nil, err
+	}
+	if ok {
+		rec := &raftv1.StoredTransfer{}
+		if err := proto.Unmarshal(v, rec); err != nil {
+			return nil, fmt.Errorf("decode resolved %q: %w", id, err)
+		}
+		if rec.Status != stCreated {
+			return nil, nil
+		}
+		return ledger.Display(rec), nil
+	}
+	txnID, ok, err := r.Get(key(prefixIndex, id))
+	if err != nil || !ok {
+		return nil, err
+	}
+	rec, err := ReadTxn(r, string(txnID))
+	if err != nil || rec == nil {
+		return nil, err
+	}
+	return DisplayTransfer(rec, id), nil
+}
+
+// DisplayTransfer is transfer id of a transaction as clients see it, or nil when the
+// transaction did not take effect.
+func DisplayTransfer(rec *raftv1.TxnRecord, id string) *ledgerv1.Transfer {
+	visible := rec.Decision == decCommit || rec.Decision == decHold ||
+		(rec.Decision == decAbort && (rec.PendingState == stateVoided || rec.PendingState == stateExpired))
+	if !visible {
+		return nil
+	}
+	for _, t := range rec.Transfers {
+		if t.GetId() == id {
+			c := proto.Clone(t).(*ledgerv1.Transfer)
+			if c.Pending {
+				c.State = rec.PendingState
+			}
+			return c
+		}
+	}
+	return nil
+}
+
+// Outcome is the client's answer for each transfer of a decided transaction.
+// existed marks a retry: successes answer EXISTS. Undecided: nil.
+func Outcome(rec *raftv1.TxnRecord, existed bool) []*ledgerv1.TransferResult {
+	if rec.Decision == decNone {
+		return nil
+	}
+	out := make([]*ledgerv1.TransferResult, len(rec.Transfers))
+	ok := rec.Decision == decCommit || rec.Decision == decHold ||
+		(rec.Transfers[0].GetPending() && rec.PendingState != ledgerv1.TransferState_TRANSFER_STATE_UNSPECIFIED)
+	for i, t := range rec.Transfers {
+		r := &ledgerv1.TransferResult{Id: t.GetId()}
+		switch {
+		case ok && existed:
+			r.Status = stExists
+		case ok:
+			r.Status = stCreated
+		case int(rec.FailedIndex) == i || rec.FailedIndex < 0:
+			r.Status, r.Message = rec.Status, rec.Message
+		default:
+			r.Status = ledgerv1.TransferStatus_TRANSFER_STATUS_LINKED_EVENT_FAILED
+			r.Message = fmt.Sprintf("linked transfer %q failed", rec.Transfers[rec.FailedIndex].GetId())
+		}
+		out[i] = r
+	}
+	return out
+}
+
+// Decided reports whether the transaction's outcome for the client is known.
+func Decided(rec *raftv1.TxnRecord) bool { return rec.GetDecision() != decNone }
