@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cespare/xxhash/v2"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -470,4 +471,13 @@ func marshal(m proto.Message) []byte {
 		panic(fmt.Sprintf("coordinator: marshal %T: %v", m, err))
 	}
 	return b
+}
+
+// GroupOf picks a transaction's coordinator group by hash of its id, so a retry reaches
+// the same group.
+func GroupOf(txnID string, groups []uint64) uint64 {
+	if len(groups) == 0 {
+		return 0
+	}
+	return groups[xxhash.Sum64String(txnID)%uint64(len(groups))]
 }

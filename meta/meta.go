@@ -59,10 +59,21 @@ func Validate(m *raftv1.ShardMap) error {
 	return nil
 }
 
+// Raft group ids: account shard k is group k; the meta group and the coordinator
+// groups live above every shard id.
+const (
+	MetaGroupID          uint64 = 1_000_000
+	CoordinatorGroupBase uint64 = 2_000_000
+)
+
 // Initial builds the bootstrap map: slotCount slots split into contiguous, even ranges
-// over shards 1..shardCount, every shard replicated on every node.
-func Initial(slotCount uint32, shardCount int, nodes []*raftv1.NodeInfo) *raftv1.ShardMap {
+// over shards 1..shardCount, every shard replicated on every node, and coordinatorCount
+// coordinator groups.
+func Initial(slotCount uint32, shardCount, coordinatorCount int, nodes []*raftv1.NodeInfo) *raftv1.ShardMap {
 	m := &raftv1.ShardMap{Epoch: 1, SlotCount: slotCount, Nodes: nodes}
+	for k := 0; k < coordinatorCount; k++ {
+		m.CoordinatorGroups = append(m.CoordinatorGroups, CoordinatorGroupBase+uint64(k))
+	}
 	ids := make([]uint64, 0, len(nodes))
 	for _, n := range nodes {
 		ids = append(ids, n.GetId())

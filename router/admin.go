@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/shardledger/shardledger/internal/node"
+	"github.com/shardledger/shardledger/ledger"
 	"github.com/shardledger/shardledger/meta"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
@@ -150,4 +153,90 @@ func (r *Router) Bootstrap(ctx context.Context, initial *raftv1.ShardMap) error 
 		}
 	}
 	return nil
+}
+
+// Audit checks the double-entry invariants across every shard: per shard, pending sums
+// equal what prepared branches and pending transfers hold (always true, entry by entry);
+// globally, debits equal credits, posted and pending (true at quiescence: while a
+// cross-shard transaction is between its branches the global sums may differ).
+func (a *Admin) Audit(ctx context.Context, _ *connect.Request[ledgerv1.AuditRequest]) (*connect.Response[ledgerv1.AuditResponse], error) {
+	ctx, cancel := a.r.withTimeout(ctx)
+	defer cancel()
+	m, err := a.r.RefreshMap(ctx, ^uint64(0))
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	out := &ledgerv1.AuditResponse{}
+	for _, s := range m.Shards {
+		res, err := a.r.Query(ctx, s.ShardId, &raftv1.Query{Op: &raftv1.Query_Totals{Totals: true}}, false)
+		if err != nil {
+			return nil, toConnect(fmt.Errorf("totals of shard %d: %w", s.ShardId, err))
+		}
+		t := res.Totals
+		for _, v := range ledger.CheckTotals(t) {
+			out.Violations = append(out.Violations, fmt.Sprintf("shard %d: %s", s.ShardId, v))
+		}
+		out.Accounts += t.Accounts
+		out.DebitsPosted += t.DebitsPosted
+		out.CreditsPosted += t.CreditsPosted
+		out.DebitsPending += t.DebitsPending
+		out.CreditsPending += t.CreditsPending
+		out.PreparedBranches += t.PreparedBranches
+		out.PendingTransfers += t.PendingTransfers
+	}
+	for _, g := range m.CoordinatorGroups {
+		res, err := a.r.Query(ctx, g, &raftv1.Query{Op: &raftv1.Query_OpenTxns{OpenTxns: true}}, false)
+		if err != nil {
+			return nil, toConnect(fmt.Errorf("open transactions of group %d: %w", g, err))
+		}
+		out.OpenTransactions += uint64(len(res.Txns))
+	}
+	if out.DebitsPosted != out.CreditsPosted {
+		out.Violations = append(out.Violations, fmt.Sprintf("debits_posted %d != credits_posted %d", out.DebitsPosted, out.CreditsPosted))
+	}
+	if out.DebitsPending != out.CreditsPending {
+		out.Violations = append(out.Violations, fmt.Sprintf("debits_pending %d != credits_pending %d", out.DebitsPending, out.CreditsPending))
+	}
+	out.Ok = len(out.Violations) == 0
+	return connect.NewResponse(out), nil
+}
+
+// ListInDoubtTransactionsMax bounds one answer.
+const ListInDoubtTransactionsMax = 1000
+
+// ListInDoubtTransactions lists transactions their coordinators have not forgotten.
+func (a *Admin) ListInDoubtTransactions(ctx context.Context, req *connect.Request[ledgerv1.ListInDoubtTransactionsRequest]) (*connect.Response[ledgerv1.ListInDoubtTransactionsResponse], error) {
+	ctx, cancel := a.r.withTimeout(ctx)
+	defer cancel()
+	limit := int(req.Msg.GetLimit())
+	if limit == 0 || limit > ListInDoubtTransactionsMax {
+		limit = ListInDoubtTransactionsMax
+	}
+	m, err := a.r.RefreshMap(ctx, ^uint64(0))
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	out := &ledgerv1.ListInDoubtTransactionsResponse{}
+	for _, g := range m.CoordinatorGroups {
+		res, err := a.r.Query(ctx, g, &raftv1.Query{Op: &raftv1.Query_OpenTxns{OpenTxns: true}}, false)
+		if err != nil {
+			return nil, toConnect(fmt.Errorf("open transactions of group %d: %w", g, err))
+		}
+		for _, rec := range res.Txns {
+			if len(out.Transactions) >= limit {
+				break
+			}
+			t := &ledgerv1.InDoubtTransaction{Id: rec.TxnId, CoordinatorGroup: g,
+				Decision: ledgerv1.TransactionDecision(rec.Decision),
+				BegunAt:  timestamppb.New(time.Unix(0, rec.BegunAtUnixNano).UTC())}
+			if rec.ExpiresAtUnixNano > 0 {
+				t.ExpiresAt = timestamppb.New(time.Unix(0, rec.ExpiresAtUnixNano).UTC())
+			}
+			for _, tr := range rec.Transfers {
+				t.TransferIds = append(t.TransferIds, tr.GetId())
+			}
+			out.Transactions = append(out.Transactions, t)
+		}
+	}
+	return connect.NewResponse(out), nil
 }

@@ -56,7 +56,7 @@ func route(m *raftv1.ShardMap, units []unit) (map[uint64][]int, error) {
 			s := m.SlotShard[ledger.SlotOf(id, m.SlotCount)]
 			if shard != 0 && s != shard {
 				return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
-					"item %d: its accounts live on shards %d and %d; cross-shard transfers need the transaction coordinator, which this version does not have yet (nothing was applied)",
+					"item %d: its accounts live on shards %d and %d and it was routed as a single-shard command (nothing was applied)",
 					u.items[0], shard, s))
 			}
 			shard = s
@@ -234,29 +234,82 @@ func (r *Router) CreateTransfers(ctx context.Context, req *connect.Request[ledge
 		}
 		units = append(units, u)
 	}
+	m, err := r.Map(ctx)
+	if err != nil {
+		return nil, toConnect(err)
+	}
+	// Chains within one shard go to it; chains across shards (and posts/voids of
+	// cross-shard pending transfers) go through a coordinator. Shapes the coordinator
+	// does not take are refused before anything is applied.
+	var local, cross []unit
+	for _, u := range units {
+		if isCross(m, u) {
+			if err := checkCrossUnit(ts, u); err != nil {
+				return nil, err
+			}
+			cross = append(cross, u)
+		} else {
+			local = append(local, u)
+		}
+	}
 	results := make([]*ledgerv1.TransferResult, len(ts))
-	var mu sync.Mutex
-	err := r.run(ctx, units, func(us []int) (*raftv1.Command, int) {
-		c := &raftv1.CreateTransfers{}
-		for _, u := range us {
-			for _, i := range units[u].items {
-				c.Transfers = append(c.Transfers, ts[i])
+	var (
+		mu       sync.Mutex
+		wg       sync.WaitGroup
+		crossErr error
+	)
+	for _, u := range cross {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			chain := make([]*ledgerv1.Transfer, len(u.items))
+			for k, i := range u.items {
+				chain[k] = ts[i]
 			}
-		}
-		return &raftv1.Command{Op: &raftv1.Command_CreateTransfers{CreateTransfers: c}}, len(c.Transfers)
-	}, func(us []int, res *raftv1.CommandResult) {
-		mu.Lock()
-		defer mu.Unlock()
-		k := 0
-		for _, u := range us {
-			for _, i := range units[u].items {
-				if k < len(res.Transfers) {
-					results[i] = res.Transfers[k]
+			res, err := r.runTxn(ctx, m, chain)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if crossErr == nil {
+					crossErr = err
 				}
-				k++
+				return
 			}
-		}
-	})
+			for k, i := range u.items {
+				if k < len(res) {
+					results[i] = res[k]
+				}
+			}
+		}()
+	}
+	err = nil
+	if len(local) > 0 {
+		err = r.run(ctx, local, func(us []int) (*raftv1.Command, int) {
+			c := &raftv1.CreateTransfers{}
+			for _, u := range us {
+				for _, i := range local[u].items {
+					c.Transfers = append(c.Transfers, ts[i])
+				}
+			}
+			return &raftv1.Command{Op: &raftv1.Command_CreateTransfers{CreateTransfers: c}}, len(c.Transfers)
+		}, func(us []int, res *raftv1.CommandResult) {
+			mu.Lock()
+			defer mu.Unlock()
+			k := 0
+			for _, u := range us {
+				for _, i := range local[u].items {
+					if k < len(res.Transfers) {
+						results[i] = res.Transfers[k]
+					}
+					k++
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err == nil && crossErr != nil {
+		err = toConnect(crossErr)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -393,8 +446,9 @@ func transfersQuery(ids []string) *raftv1.Query {
 	return &raftv1.Query{Op: &raftv1.Query_Transfers{Transfers: &raftv1.IdList{Ids: ids}}}
 }
 
-// lookupTransfers finds transfers by id on every shard (a transfer's record lives with
-// its debit account, which the id alone does not name).
+// lookupTransfers finds transfers by id on every shard and coordinator group (a
+// transfer's record lives with its debit account, or with its coordinator when it spans
+// shards; the id alone names neither).
 func (r *Router) lookupTransfers(ctx context.Context, ids []string) ([]*ledgerv1.Transfer, []string, error) {
 	m, err := r.Map(ctx)
 	if err != nil {
@@ -403,6 +457,9 @@ func (r *Router) lookupTransfers(ctx context.Context, ids []string) ([]*ledgerv1
 	byShard := map[uint64][]string{}
 	for _, s := range m.Shards {
 		byShard[s.ShardId] = ids
+	}
+	for _, g := range m.CoordinatorGroups {
+		byShard[g] = ids
 	}
 	found := map[string]*ledgerv1.Transfer{}
 	err = r.fanOut(ctx, byShard, false, transfersQuery, func(res *raftv1.QueryResult) {

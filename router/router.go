@@ -48,6 +48,11 @@ type Options struct {
 	InflightPerShard int
 	// QueuedPerShard bounds commands waiting per shard; past it: resource_exhausted.
 	QueuedPerShard int
+	// DecisionPollMax bounds the wait between looks at a transaction's decision.
+	DecisionPollMax time.Duration
+	// AfterDecision, for tests: runs once a cross-shard transaction is decided, before
+	// the client is answered; an error replaces the answer (a lost response).
+	AfterDecision func(txnID string) error
 	// Now is the proposer's clock (time enters the log only here).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -73,6 +78,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.QueuedPerShard == 0 {
 		o.QueuedPerShard = 4096
+	}
+	if o.DecisionPollMax == 0 {
+		o.DecisionPollMax = 20 * time.Millisecond
 	}
 	if o.Now == nil {
 		o.Now = time.Now

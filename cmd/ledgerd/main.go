@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shardledger/shardledger/coordinator"
 	"github.com/shardledger/shardledger/internal/cluster"
 	"github.com/shardledger/shardledger/internal/node"
 	"github.com/shardledger/shardledger/meta"
@@ -129,6 +130,7 @@ func runStart(ctx context.Context, log *slog.Logger, args []string) error {
 	dataDir := fs.String("data-dir", "", "this node's data directory")
 	listen := fs.String("listen", "", "serve the public API here (optional)")
 	shards := fs.Int("shards", 4, "account shards (fixed at cluster creation)")
+	coords := fs.Int("coordinators", 1, "coordinator groups (fixed at cluster creation)")
 	slots := fs.Uint("slots", 4096, "hash slots (fixed at cluster creation)")
 	zone := fs.String("zone", "", "placement label")
 	rtt := fs.Uint64("rtt-ms", 50, "network round trip in ms")
@@ -138,17 +140,17 @@ func runStart(ctx context.Context, log *slog.Logger, args []string) error {
 	if err != nil {
 		return err
 	}
+	hub := coordinator.NewHub()
 	n, err := node.Start(node.Config{NodeID: *id, RaftAddress: *raftAddr, Zone: *zone, DataDir: *dataDir,
-		Members: members, ShardCount: *shards, RTTMillisecond: *rtt, Logger: log})
+		Members: members, ShardCount: *shards, CoordinatorCount: *coords, RTTMillisecond: *rtt, Logger: log,
+		OnCoordinatorApplied: hub.Notify})
 	if err != nil {
 		return err
 	}
 	defer n.Close()
 	log.Info("node started", "node", *id, "raft", *raftAddr)
-	if *listen == "" {
-		<-ctx.Done()
-		return nil
-	}
+	// The node's router proposes through the local replicas (dragonboat forwards to each
+	// group's leader); the coordinator drivers and the resolver act through it.
 	r, err := router.New([]router.Backend{n}, router.Options{Logger: log})
 	if err != nil {
 		return err
@@ -158,7 +160,7 @@ func runStart(ctx context.Context, log *slog.Logger, args []string) error {
 	for _, mid := range n.Members() {
 		nodes = append(nodes, &raftv1.NodeInfo{Id: mid, RaftAddress: members[mid]})
 	}
-	initial := meta.Initial(uint32(*slots), *shards, nodes)
+	initial := meta.Initial(uint32(*slots), *shards, *coords, nodes)
 	for {
 		bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		err := r.Bootstrap(bctx, initial)
@@ -170,6 +172,13 @@ func runStart(ctx context.Context, log *slog.Logger, args []string) error {
 			return ctx.Err()
 		}
 		log.Warn("bootstrap not done yet (waiting for a quorum)", "err", err)
+	}
+	stopAgents := cluster.StartAgents(n, hub, r, r.CoordinatorGroupOf, cluster.AgentOptions{
+		Driver: coordinator.DriverOptions{Logger: log}, Resolver: coordinator.ResolverOptions{Logger: log}})
+	defer stopAgents()
+	if *listen == "" {
+		<-ctx.Done()
+		return nil
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {

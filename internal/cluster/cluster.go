@@ -13,6 +13,7 @@ import (
 	"github.com/lni/dragonboat/v4"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 
+	"github.com/shardledger/shardledger/coordinator"
 	"github.com/shardledger/shardledger/internal/node"
 	"github.com/shardledger/shardledger/meta"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
@@ -24,12 +25,18 @@ type Config struct {
 	// Dir holds node-<id> directories; a restart with the same Dir finds all data again.
 	Dir string
 	// RaftAddresses, one per node (node ids are 1..len).
-	RaftAddresses  []string
-	ShardCount     int
-	SlotCount      uint32
-	RTTMillisecond uint64
-	Router         router.Options
-	Logger         *slog.Logger
+	RaftAddresses []string
+	ShardCount    int
+	SlotCount     uint32
+	// CoordinatorCount coordinator groups (default 1).
+	CoordinatorCount int
+	RTTMillisecond   uint64
+	Router           router.Options
+	// Agents configures drivers and resolvers; AgentsFor, when set, overrides it per node
+	// (tests hook a driver on one node).
+	Agents    AgentOptions
+	AgentsFor func(nodeID uint64) AgentOptions
+	Logger    *slog.Logger
 }
 
 // Local is a running in-process cluster.
@@ -41,9 +48,11 @@ type Local struct {
 
 // Backend is a node slot whose node can be stopped and restarted under the router.
 type Backend struct {
-	id uint64
-	mu sync.RWMutex
-	n  *node.Node
+	id    uint64
+	mu    sync.RWMutex
+	n     *node.Node
+	hub   *coordinator.Hub
+	agent func() // stops the node's drivers and resolver
 }
 
 var _ router.Backend = (*Backend)(nil)
@@ -102,7 +111,8 @@ func (l *Local) nodeConfig(i int) node.Config {
 	return node.Config{
 		NodeID: id, RaftAddress: l.cfg.RaftAddresses[i], Zone: fmt.Sprintf("zone-%d", id),
 		DataDir: filepath.Join(l.cfg.Dir, fmt.Sprintf("node-%d", id)), Members: members,
-		ShardCount: l.cfg.ShardCount, RTTMillisecond: l.cfg.RTTMillisecond, Logger: l.cfg.Logger,
+		ShardCount: l.cfg.ShardCount, CoordinatorCount: l.cfg.CoordinatorCount,
+		RTTMillisecond: l.cfg.RTTMillisecond, Logger: l.cfg.Logger,
 	}
 }
 
@@ -116,6 +126,9 @@ func Start(ctx context.Context, cfg Config) (*Local, error) {
 	}
 	if cfg.ShardCount == 0 {
 		cfg.ShardCount = 4
+	}
+	if cfg.CoordinatorCount == 0 {
+		cfg.CoordinatorCount = 1
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -144,6 +157,9 @@ func Start(ctx context.Context, cfg Config) (*Local, error) {
 		l.Close()
 		return nil, err
 	}
+	for _, b := range l.backends {
+		l.startAgents(b)
+	}
 	return l, nil
 }
 
@@ -154,23 +170,49 @@ func (l *Local) InitialMap() *raftv1.ShardMap {
 		c := l.nodeConfig(i)
 		nodes = append(nodes, &raftv1.NodeInfo{Id: c.NodeID, RaftAddress: c.RaftAddress, Zone: c.Zone})
 	}
-	return meta.Initial(l.cfg.SlotCount, l.cfg.ShardCount, nodes)
+	return meta.Initial(l.cfg.SlotCount, l.cfg.ShardCount, l.cfg.CoordinatorCount, nodes)
 }
 
 // StartNode starts (or restarts) node i (0-based).
 func (l *Local) StartNode(i int) error {
 	b := l.backends[i]
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.n != nil {
+		b.mu.Unlock()
 		return fmt.Errorf("cluster: node %d is running", i+1)
 	}
-	n, err := node.Start(l.nodeConfig(i))
+	b.hub = coordinator.NewHub()
+	cfg := l.nodeConfig(i)
+	cfg.OnCoordinatorApplied = b.hub.Notify
+	n, err := node.Start(cfg)
 	if err != nil {
+		b.mu.Unlock()
 		return err
 	}
 	b.n = n
+	b.mu.Unlock()
+	if l.Router != nil { // a restart: the router exists
+		l.startAgents(b)
+	}
 	return nil
+}
+
+func (l *Local) startAgents(b *Backend) {
+	opts := l.cfg.Agents
+	if l.cfg.AgentsFor != nil {
+		opts = l.cfg.AgentsFor(b.id)
+	}
+	if opts.Driver.Logger == nil {
+		opts.Driver.Logger = l.cfg.Logger
+	}
+	if opts.Resolver.Logger == nil {
+		opts.Resolver.Logger = l.cfg.Logger
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.n != nil && b.agent == nil {
+		b.agent = StartAgents(b.n, b.hub, l.Router, l.Router.CoordinatorGroupOf, opts)
+	}
 }
 
 // StopNode stops node i (0-based): its NodeHost closes, as if the process died (the
@@ -178,9 +220,12 @@ func (l *Local) StartNode(i int) error {
 func (l *Local) StopNode(i int) {
 	b := l.backends[i]
 	b.mu.Lock()
-	n := b.n
-	b.n = nil
+	n, stop := b.n, b.agent
+	b.n, b.agent = nil, nil
 	b.mu.Unlock()
+	if stop != nil {
+		stop() // the node's drivers end where they are, as if the process died
+	}
 	if n != nil {
 		n.Close()
 	}

@@ -88,7 +88,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // idsOnShard returns n account ids whose slots belong to shard (per the initial map).
 func idsOnShard(prefix string, shard uint64, n int) []string {
-	m := meta.Initial(testSlots, 4, []*raftv1.NodeInfo{{Id: 1}})
+	m := meta.Initial(testSlots, 4, 1, []*raftv1.NodeInfo{{Id: 1}})
 	var out []string
 	for i := 0; len(out) < n; i++ {
 		id := fmt.Sprintf("%s-%d", prefix, i)
@@ -215,23 +215,109 @@ func TestTransfersThroughConnectAPI(t *testing.T) {
 	}
 }
 
-func TestCrossShardRefusedWithoutEffects(t *testing.T) {
+func TestCrossShardTransfers(t *testing.T) {
 	tc := startCluster(t, t.TempDir(), freeAddrs(t, 3))
+	ctx := context.Background()
 	a := idsOnShard("x", 1, 2)
-	b := idsOnShard("y", 3, 1)
-	createAccounts(t, tc.client, append(a, b...), false)
-	_, err := tc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{
-		transfer("same", a[0], a[1], 5),
-		transfer("cross", a[0], b[0], 5),
-	}}))
-	if connect.CodeOf(err) != connect.CodeFailedPrecondition {
-		t.Fatalf("want failed_precondition, got %v", err)
-	}
-	accs := getAccounts(t, tc.client, append(a, b...))
-	for id, acc := range accs {
-		if acc.DebitsPosted != 0 || acc.CreditsPosted != 0 {
-			t.Fatalf("account %s changed: %v", id, acc)
+	b := idsOnShard("y", 3, 2)
+	createAccounts(t, tc.client, []string{a[0], b[0]}, false)
+	createAccounts(t, tc.client, []string{a[1], b[1]}, true) // no overdraft
+	send := func(ts ...*ledgerv1.Transfer) []*ledgerv1.TransferResult {
+		t.Helper()
+		res, err := tc.client.CreateTransfers(ctx, connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: ts}))
+		if err != nil {
+			t.Fatalf("create transfers: %v", err)
 		}
+		return res.Msg.Results
+	}
+	expect := func(got []*ledgerv1.TransferResult, want ...ledgerv1.TransferStatus) {
+		t.Helper()
+		for i := range want {
+			if got[i].Status != want[i] {
+				t.Fatalf("result %d: got %v (%s), want %v", i, got[i].Status, got[i].Message, want[i])
+			}
+		}
+	}
+	const created, exists = ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED, ledgerv1.TransferStatus_TRANSFER_STATUS_EXISTS
+	// One cross-shard transfer, an intra-shard one in the same request, and a retry.
+	expect(send(transfer("c1", a[0], b[0], 70), transfer("l1", a[0], a[1], 5)), created, created)
+	expect(send(transfer("c1", a[0], b[0], 70)), exists)
+	expect(send(transfer("c1", a[0], b[0], 71)), ledgerv1.TransferStatus_TRANSFER_STATUS_ID_REUSED)
+	// Refused by a participant: nothing applied, outcome kept.
+	expect(send(transfer("c2", a[1], b[1], 1000)), ledgerv1.TransferStatus_TRANSFER_STATUS_INSUFFICIENT_FUNDS)
+	expect(send(transfer("c3", a[0], "missing-on-3", 1)), ledgerv1.TransferStatus_TRANSFER_STATUS_CREDIT_ACCOUNT_NOT_FOUND)
+	// A linked chain across shards: all or nothing.
+	c4 := transfer("c4", a[0], b[1], 10)
+	c4.Linked = true
+	expect(send(c4, transfer("c5", b[1], a[1], 11)), ledgerv1.TransferStatus_TRANSFER_STATUS_LINKED_EVENT_FAILED,
+		ledgerv1.TransferStatus_TRANSFER_STATUS_INSUFFICIENT_FUNDS)
+	// Branches reserve: money a chain moves into b1 is not yet available to b1 further
+	// down the same cross-shard chain (it is, within one shard).
+	c6 := transfer("c6", a[0], b[1], 10)
+	c6.Linked = true
+	expect(send(c6, transfer("c7", b[0], a[1], 10)), created, created)
+	// Two-phase across shards: try, partial post, and a void.
+	p1 := transfer("p1", a[0], b[0], 50)
+	p1.Pending = true
+	expect(send(p1), created)
+	expect(send(&ledgerv1.Transfer{Id: "p1-post", PostPendingId: "p1", Amount: 30}), created)
+	expect(send(&ledgerv1.Transfer{Id: "p1-post", PostPendingId: "p1", Amount: 30}), exists)
+	expect(send(&ledgerv1.Transfer{Id: "p1-void", VoidPendingId: "p1"}), ledgerv1.TransferStatus_TRANSFER_STATUS_PENDING_ALREADY_POSTED)
+	p2 := transfer("p2", a[0], b[0], 40)
+	p2.Pending = true
+	expect(send(p2), created)
+	expect(send(&ledgerv1.Transfer{Id: "p2-void", VoidPendingId: "p2"}), created)
+
+	waitQuiescent(t, tc)
+	accs := getAccounts(t, tc.client, []string{a[0], a[1], b[0], b[1]})
+	// a0: -70 -5 -10 -30 ; b0: +70 +30 -10 ; a1: +5 +10 ; b1: +10
+	if x := accs[a[0]]; x.DebitsPosted != 115 || x.DebitsPending != 0 {
+		t.Fatalf("a0: %v", x)
+	}
+	if x := accs[b[0]]; x.CreditsPosted != 100 || x.DebitsPosted != 10 || x.CreditsPending != 0 {
+		t.Fatalf("b0: %v", x)
+	}
+	if x := accs[a[1]]; x.CreditsPosted != 15 {
+		t.Fatalf("a1: %v", x)
+	}
+	if x := accs[b[1]]; x.CreditsPosted != 10 || x.DebitsPosted != 0 {
+		t.Fatalf("b1: %v", x)
+	}
+	gt, err := tc.client.GetTransfers(ctx, connect.NewRequest(&ledgerv1.GetTransfersRequest{Ids: []string{"c1", "c2", "c6", "p1", "p1-post", "p2"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*ledgerv1.Transfer{}
+	for _, tr := range gt.Msg.Transfers {
+		got[tr.Id] = tr
+	}
+	if got["c1"] == nil || got["c2"] != nil || got["c6"] == nil || got["p1-post"] == nil {
+		t.Fatalf("get transfers: %v", gt.Msg)
+	}
+	if got["p1"].GetState() != ledgerv1.TransferState_TRANSFER_STATE_POSTED || got["p2"].GetState() != ledgerv1.TransferState_TRANSFER_STATE_VOIDED {
+		t.Fatalf("pending states: %v / %v", got["p1"], got["p2"])
+	}
+}
+
+// waitQuiescent waits until no transaction is in doubt and the audit is clean.
+func waitQuiescent(t *testing.T, tc *testCluster) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ind, err := tc.admin.ListInDoubtTransactions(context.Background(), connect.NewRequest(&ledgerv1.ListInDoubtTransactionsRequest{}))
+		if err == nil && len(ind.Msg.Transactions) == 0 {
+			au, err := tc.admin.Audit(context.Background(), connect.NewRequest(&ledgerv1.AuditRequest{}))
+			if err == nil && au.Msg.Ok && au.Msg.PreparedBranches == 0 {
+				return
+			}
+			if err == nil && time.Now().After(deadline) {
+				t.Fatalf("audit not clean: %v", au.Msg)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("transactions still in doubt: %v %v", ind, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

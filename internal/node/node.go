@@ -16,12 +16,14 @@ import (
 	"github.com/lni/dragonboat/v4/logger"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 
+	"github.com/shardledger/shardledger/coordinator"
 	"github.com/shardledger/shardledger/ledger/ondisk"
 	"github.com/shardledger/shardledger/meta"
+	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 )
 
 // MetaShardID is the raft shard id of the meta group. Account shard k is raft shard k.
-const MetaShardID uint64 = 1_000_000
+const MetaShardID = meta.MetaGroupID
 
 // Config describes one node.
 type Config struct {
@@ -36,6 +38,11 @@ type Config struct {
 	Members map[uint64]string
 	// ShardCount is the number of account shards (fixed at cluster creation).
 	ShardCount int
+	// CoordinatorCount is the number of coordinator groups (fixed at cluster creation).
+	CoordinatorCount int
+	// OnCoordinatorApplied sees what the local coordinator replicas apply (the drivers'
+	// wake-up); it must not block.
+	OnCoordinatorApplied func(group uint64, results []*raftv1.BatchResult)
 	// RTTMillisecond is the network round trip dragonboat assumes (default 50).
 	RTTMillisecond uint64
 	// ElectionRTT in RTTs (default 10).
@@ -68,6 +75,9 @@ func Start(cfg Config) (*Node, error) {
 	}
 	if cfg.ShardCount <= 0 || cfg.ShardCount > 1024 {
 		return nil, fmt.Errorf("node: shard count %d out of range 1-1024", cfg.ShardCount)
+	}
+	if cfg.CoordinatorCount < 0 || cfg.CoordinatorCount > 64 {
+		return nil, fmt.Errorf("node: coordinator count %d out of range 0-64", cfg.CoordinatorCount)
 	}
 	if cfg.RTTMillisecond == 0 {
 		cfg.RTTMillisecond = 50
@@ -142,7 +152,32 @@ func (n *Node) startReplicas(smDir string) error {
 			return fmt.Errorf("node %d: start shard %d: %w", n.cfg.NodeID, id, err)
 		}
 	}
+	cf := coordinator.Factory(smDir, coordinator.NewCore(n.cfg.OnCoordinatorApplied))
+	for _, id := range n.CoordinatorGroups() {
+		m := n.cfg.Members
+		if n.nh.HasNodeInfo(id, n.cfg.NodeID) {
+			m = nil
+		}
+		if err := n.nh.StartOnDiskReplica(m, false, cf, n.groupConfig(id)); err != nil {
+			return fmt.Errorf("node %d: start coordinator group %d: %w", n.cfg.NodeID, id, err)
+		}
+	}
 	return nil
+}
+
+// CoordinatorGroups lists the coordinator groups' raft ids.
+func (n *Node) CoordinatorGroups() []uint64 {
+	ids := make([]uint64, n.cfg.CoordinatorCount)
+	for i := range ids {
+		ids[i] = meta.CoordinatorGroupBase + uint64(i)
+	}
+	return ids
+}
+
+// Leads tells whether the local replica of a group is its leader.
+func (n *Node) Leads(group uint64) bool {
+	l, _, ok := n.Leader(group)
+	return ok && l == n.cfg.NodeID
 }
 
 // ID is the node id.

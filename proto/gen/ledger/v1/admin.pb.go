@@ -9,6 +9,7 @@ package ledgerv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -20,6 +21,59 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// TransactionDecision is a coordinator's decision on a transaction.
+type TransactionDecision int32
+
+const (
+	TransactionDecision_TRANSACTION_DECISION_UNSPECIFIED TransactionDecision = 0
+	TransactionDecision_TRANSACTION_DECISION_COMMIT      TransactionDecision = 1
+	TransactionDecision_TRANSACTION_DECISION_ABORT       TransactionDecision = 2
+	TransactionDecision_TRANSACTION_DECISION_HOLD        TransactionDecision = 3
+)
+
+// Enum value maps for TransactionDecision.
+var (
+	TransactionDecision_name = map[int32]string{
+		0: "TRANSACTION_DECISION_UNSPECIFIED",
+		1: "TRANSACTION_DECISION_COMMIT",
+		2: "TRANSACTION_DECISION_ABORT",
+		3: "TRANSACTION_DECISION_HOLD",
+	}
+	TransactionDecision_value = map[string]int32{
+		"TRANSACTION_DECISION_UNSPECIFIED": 0,
+		"TRANSACTION_DECISION_COMMIT":      1,
+		"TRANSACTION_DECISION_ABORT":       2,
+		"TRANSACTION_DECISION_HOLD":        3,
+	}
+)
+
+func (x TransactionDecision) Enum() *TransactionDecision {
+	p := new(TransactionDecision)
+	*p = x
+	return p
+}
+
+func (x TransactionDecision) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TransactionDecision) Descriptor() protoreflect.EnumDescriptor {
+	return file_ledger_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (TransactionDecision) Type() protoreflect.EnumType {
+	return &file_ledger_v1_admin_proto_enumTypes[0]
+}
+
+func (x TransactionDecision) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TransactionDecision.Descriptor instead.
+func (TransactionDecision) EnumDescriptor() ([]byte, []int) {
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{0}
+}
 
 // GroupKind tells what a raft group holds.
 type GroupKind int32
@@ -58,11 +112,11 @@ func (x GroupKind) String() string {
 }
 
 func (GroupKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_ledger_v1_admin_proto_enumTypes[0].Descriptor()
+	return file_ledger_v1_admin_proto_enumTypes[1].Descriptor()
 }
 
 func (GroupKind) Type() protoreflect.EnumType {
-	return &file_ledger_v1_admin_proto_enumTypes[0]
+	return &file_ledger_v1_admin_proto_enumTypes[1]
 }
 
 func (x GroupKind) Number() protoreflect.EnumNumber {
@@ -71,7 +125,335 @@ func (x GroupKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GroupKind.Descriptor instead.
 func (GroupKind) EnumDescriptor() ([]byte, []int) {
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+type AuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRequest) Reset() {
+	*x = AuditRequest{}
+	mi := &file_ledger_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRequest) ProtoMessage() {}
+
+func (x *AuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRequest.ProtoReflect.Descriptor instead.
+func (*AuditRequest) Descriptor() ([]byte, []int) {
 	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+type AuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ok            bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
+	Violations    []string               `protobuf:"bytes,2,rep,name=violations,proto3" json:"violations,omitempty"`
+	DebitsPosted  uint64                 `protobuf:"varint,3,opt,name=debits_posted,json=debitsPosted,proto3" json:"debits_posted,omitempty"`
+	CreditsPosted uint64                 `protobuf:"varint,4,opt,name=credits_posted,json=creditsPosted,proto3" json:"credits_posted,omitempty"`
+	// Transactions not yet forgotten by their coordinator (held TCC ones included).
+	OpenTransactions uint64 `protobuf:"varint,5,opt,name=open_transactions,json=openTransactions,proto3" json:"open_transactions,omitempty"`
+	DebitsPending    uint64 `protobuf:"varint,6,opt,name=debits_pending,json=debitsPending,proto3" json:"debits_pending,omitempty"`
+	CreditsPending   uint64 `protobuf:"varint,7,opt,name=credits_pending,json=creditsPending,proto3" json:"credits_pending,omitempty"`
+	Accounts         uint64 `protobuf:"varint,8,opt,name=accounts,proto3" json:"accounts,omitempty"`
+	PreparedBranches uint64 `protobuf:"varint,9,opt,name=prepared_branches,json=preparedBranches,proto3" json:"prepared_branches,omitempty"`
+	PendingTransfers uint64 `protobuf:"varint,10,opt,name=pending_transfers,json=pendingTransfers,proto3" json:"pending_transfers,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *AuditResponse) Reset() {
+	*x = AuditResponse{}
+	mi := &file_ledger_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditResponse) ProtoMessage() {}
+
+func (x *AuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditResponse.ProtoReflect.Descriptor instead.
+func (*AuditResponse) Descriptor() ([]byte, []int) {
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AuditResponse) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *AuditResponse) GetViolations() []string {
+	if x != nil {
+		return x.Violations
+	}
+	return nil
+}
+
+func (x *AuditResponse) GetDebitsPosted() uint64 {
+	if x != nil {
+		return x.DebitsPosted
+	}
+	return 0
+}
+
+func (x *AuditResponse) GetCreditsPosted() uint64 {
+	if x != nil {
+		return x.CreditsPosted
+	}
+	return 0
+}
+
+func (x *AuditResponse) GetOpenTransactions() uint64 {
+	if x != nil {
+		return x.OpenTransactions
+	}
+	return 0
+}
+
+func (x *AuditResponse) GetDebitsPending() uint64 {
+	if x != nil {
+		return x.DebitsPending
+	}
+	return 0
+}
+
+func (x *AuditResponse) GetCreditsPending() uint64 {
+	if x != nil {
+		return x.CreditsPending
+	}
+	return 0
+}
+
+func (x *AuditResponse) GetAccounts() uint64 {
+	if x != nil {
+		return x.Accounts
+	}
+	return 0
+}
+
+func (x *AuditResponse) GetPreparedBranches() uint64 {
+	if x != nil {
+		return x.PreparedBranches
+	}
+	return 0
+}
+
+func (x *AuditResponse) GetPendingTransfers() uint64 {
+	if x != nil {
+		return x.PendingTransfers
+	}
+	return 0
+}
+
+type ListInDoubtTransactionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most this many (default and maximum 1000).
+	Limit         uint32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInDoubtTransactionsRequest) Reset() {
+	*x = ListInDoubtTransactionsRequest{}
+	mi := &file_ledger_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInDoubtTransactionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInDoubtTransactionsRequest) ProtoMessage() {}
+
+func (x *ListInDoubtTransactionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInDoubtTransactionsRequest.ProtoReflect.Descriptor instead.
+func (*ListInDoubtTransactionsRequest) Descriptor() ([]byte, []int) {
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListInDoubtTransactionsRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type InDoubtTransaction struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Id               string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	CoordinatorGroup uint64                 `protobuf:"varint,2,opt,name=coordinator_group,json=coordinatorGroup,proto3" json:"coordinator_group,omitempty"`
+	// UNSPECIFIED: not decided yet; COMMIT/ABORT: decided, branches not all resolved yet;
+	// HOLD: a two-phase transfer holding its reservations.
+	Decision      TransactionDecision    `protobuf:"varint,3,opt,name=decision,proto3,enum=ledger.v1.TransactionDecision" json:"decision,omitempty"`
+	TransferIds   []string               `protobuf:"bytes,4,rep,name=transfer_ids,json=transferIds,proto3" json:"transfer_ids,omitempty"`
+	BegunAt       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=begun_at,json=begunAt,proto3" json:"begun_at,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InDoubtTransaction) Reset() {
+	*x = InDoubtTransaction{}
+	mi := &file_ledger_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InDoubtTransaction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InDoubtTransaction) ProtoMessage() {}
+
+func (x *InDoubtTransaction) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InDoubtTransaction.ProtoReflect.Descriptor instead.
+func (*InDoubtTransaction) Descriptor() ([]byte, []int) {
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *InDoubtTransaction) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *InDoubtTransaction) GetCoordinatorGroup() uint64 {
+	if x != nil {
+		return x.CoordinatorGroup
+	}
+	return 0
+}
+
+func (x *InDoubtTransaction) GetDecision() TransactionDecision {
+	if x != nil {
+		return x.Decision
+	}
+	return TransactionDecision_TRANSACTION_DECISION_UNSPECIFIED
+}
+
+func (x *InDoubtTransaction) GetTransferIds() []string {
+	if x != nil {
+		return x.TransferIds
+	}
+	return nil
+}
+
+func (x *InDoubtTransaction) GetBegunAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BegunAt
+	}
+	return nil
+}
+
+func (x *InDoubtTransaction) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type ListInDoubtTransactionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Transactions  []*InDoubtTransaction  `protobuf:"bytes,1,rep,name=transactions,proto3" json:"transactions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListInDoubtTransactionsResponse) Reset() {
+	*x = ListInDoubtTransactionsResponse{}
+	mi := &file_ledger_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListInDoubtTransactionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListInDoubtTransactionsResponse) ProtoMessage() {}
+
+func (x *ListInDoubtTransactionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListInDoubtTransactionsResponse.ProtoReflect.Descriptor instead.
+func (*ListInDoubtTransactionsResponse) Descriptor() ([]byte, []int) {
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListInDoubtTransactionsResponse) GetTransactions() []*InDoubtTransaction {
+	if x != nil {
+		return x.Transactions
+	}
+	return nil
 }
 
 type GetClusterStatusRequest struct {
@@ -82,7 +464,7 @@ type GetClusterStatusRequest struct {
 
 func (x *GetClusterStatusRequest) Reset() {
 	*x = GetClusterStatusRequest{}
-	mi := &file_ledger_v1_admin_proto_msgTypes[0]
+	mi := &file_ledger_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -94,7 +476,7 @@ func (x *GetClusterStatusRequest) String() string {
 func (*GetClusterStatusRequest) ProtoMessage() {}
 
 func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_v1_admin_proto_msgTypes[0]
+	mi := &file_ledger_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -107,7 +489,7 @@ func (x *GetClusterStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 type Node struct {
@@ -123,7 +505,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_ledger_v1_admin_proto_msgTypes[1]
+	mi := &file_ledger_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -135,7 +517,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_v1_admin_proto_msgTypes[1]
+	mi := &file_ledger_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -148,7 +530,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Node) GetId() uint64 {
@@ -196,7 +578,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_ledger_v1_admin_proto_msgTypes[2]
+	mi := &file_ledger_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +590,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_v1_admin_proto_msgTypes[2]
+	mi := &file_ledger_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +603,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Group) GetId() uint64 {
@@ -284,7 +666,7 @@ type GetClusterStatusResponse struct {
 
 func (x *GetClusterStatusResponse) Reset() {
 	*x = GetClusterStatusResponse{}
-	mi := &file_ledger_v1_admin_proto_msgTypes[3]
+	mi := &file_ledger_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +678,7 @@ func (x *GetClusterStatusResponse) String() string {
 func (*GetClusterStatusResponse) ProtoMessage() {}
 
 func (x *GetClusterStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_v1_admin_proto_msgTypes[3]
+	mi := &file_ledger_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +691,7 @@ func (x *GetClusterStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetClusterStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetClusterStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetClusterStatusResponse) GetNodes() []*Node {
@@ -341,7 +723,7 @@ type GetShardMapRequest struct {
 
 func (x *GetShardMapRequest) Reset() {
 	*x = GetShardMapRequest{}
-	mi := &file_ledger_v1_admin_proto_msgTypes[4]
+	mi := &file_ledger_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +735,7 @@ func (x *GetShardMapRequest) String() string {
 func (*GetShardMapRequest) ProtoMessage() {}
 
 func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_v1_admin_proto_msgTypes[4]
+	mi := &file_ledger_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +748,7 @@ func (x *GetShardMapRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapRequest.ProtoReflect.Descriptor instead.
 func (*GetShardMapRequest) Descriptor() ([]byte, []int) {
-	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 type SlotRange struct {
@@ -381,7 +763,7 @@ type SlotRange struct {
 
 func (x *SlotRange) Reset() {
 	*x = SlotRange{}
-	mi := &file_ledger_v1_admin_proto_msgTypes[5]
+	mi := &file_ledger_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -393,7 +775,7 @@ func (x *SlotRange) String() string {
 func (*SlotRange) ProtoMessage() {}
 
 func (x *SlotRange) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_v1_admin_proto_msgTypes[5]
+	mi := &file_ledger_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -406,7 +788,7 @@ func (x *SlotRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SlotRange.ProtoReflect.Descriptor instead.
 func (*SlotRange) Descriptor() ([]byte, []int) {
-	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SlotRange) GetStart() uint32 {
@@ -441,7 +823,7 @@ type Shard struct {
 
 func (x *Shard) Reset() {
 	*x = Shard{}
-	mi := &file_ledger_v1_admin_proto_msgTypes[6]
+	mi := &file_ledger_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +835,7 @@ func (x *Shard) String() string {
 func (*Shard) ProtoMessage() {}
 
 func (x *Shard) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_v1_admin_proto_msgTypes[6]
+	mi := &file_ledger_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +848,7 @@ func (x *Shard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Shard.ProtoReflect.Descriptor instead.
 func (*Shard) Descriptor() ([]byte, []int) {
-	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Shard) GetId() uint64 {
@@ -495,7 +877,7 @@ type GetShardMapResponse struct {
 
 func (x *GetShardMapResponse) Reset() {
 	*x = GetShardMapResponse{}
-	mi := &file_ledger_v1_admin_proto_msgTypes[7]
+	mi := &file_ledger_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +889,7 @@ func (x *GetShardMapResponse) String() string {
 func (*GetShardMapResponse) ProtoMessage() {}
 
 func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_v1_admin_proto_msgTypes[7]
+	mi := &file_ledger_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +902,7 @@ func (x *GetShardMapResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetShardMapResponse.ProtoReflect.Descriptor instead.
 func (*GetShardMapResponse) Descriptor() ([]byte, []int) {
-	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_ledger_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetShardMapResponse) GetEpoch() uint64 {
@@ -555,7 +937,34 @@ var File_ledger_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ledger_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x15ledger/v1/admin.proto\x12\tledger.v1\"\x19\n" +
+	"\x15ledger/v1/admin.proto\x12\tledger.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0e\n" +
+	"\fAuditRequest\"\xfe\x02\n" +
+	"\rAuditResponse\x12\x0e\n" +
+	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x1e\n" +
+	"\n" +
+	"violations\x18\x02 \x03(\tR\n" +
+	"violations\x12#\n" +
+	"\rdebits_posted\x18\x03 \x01(\x04R\fdebitsPosted\x12%\n" +
+	"\x0ecredits_posted\x18\x04 \x01(\x04R\rcreditsPosted\x12+\n" +
+	"\x11open_transactions\x18\x05 \x01(\x04R\x10openTransactions\x12%\n" +
+	"\x0edebits_pending\x18\x06 \x01(\x04R\rdebitsPending\x12'\n" +
+	"\x0fcredits_pending\x18\a \x01(\x04R\x0ecreditsPending\x12\x1a\n" +
+	"\baccounts\x18\b \x01(\x04R\baccounts\x12+\n" +
+	"\x11prepared_branches\x18\t \x01(\x04R\x10preparedBranches\x12+\n" +
+	"\x11pending_transfers\x18\n" +
+	" \x01(\x04R\x10pendingTransfers\"6\n" +
+	"\x1eListInDoubtTransactionsRequest\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\"\xa2\x02\n" +
+	"\x12InDoubtTransaction\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
+	"\x11coordinator_group\x18\x02 \x01(\x04R\x10coordinatorGroup\x12:\n" +
+	"\bdecision\x18\x03 \x01(\x0e2\x1e.ledger.v1.TransactionDecisionR\bdecision\x12!\n" +
+	"\ftransfer_ids\x18\x04 \x03(\tR\vtransferIds\x125\n" +
+	"\bbegun_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\abegunAt\x129\n" +
+	"\n" +
+	"expires_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"d\n" +
+	"\x1fListInDoubtTransactionsResponse\x12A\n" +
+	"\ftransactions\x18\x01 \x03(\v2\x1d.ledger.v1.InDoubtTransactionR\ftransactions\"\x19\n" +
 	"\x17GetClusterStatusRequest\"k\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12!\n" +
@@ -588,15 +997,22 @@ const file_ledger_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"slot_count\x18\x02 \x01(\rR\tslotCount\x12,\n" +
 	"\x06ranges\x18\x03 \x03(\v2\x14.ledger.v1.SlotRangeR\x06ranges\x12(\n" +
-	"\x06shards\x18\x04 \x03(\v2\x10.ledger.v1.ShardR\x06shards*n\n" +
+	"\x06shards\x18\x04 \x03(\v2\x10.ledger.v1.ShardR\x06shards*\x9b\x01\n" +
+	"\x13TransactionDecision\x12$\n" +
+	" TRANSACTION_DECISION_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bTRANSACTION_DECISION_COMMIT\x10\x01\x12\x1e\n" +
+	"\x1aTRANSACTION_DECISION_ABORT\x10\x02\x12\x1d\n" +
+	"\x19TRANSACTION_DECISION_HOLD\x10\x03*n\n" +
 	"\tGroupKind\x12\x1a\n" +
 	"\x16GROUP_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fGROUP_KIND_META\x10\x01\x12\x14\n" +
 	"\x10GROUP_KIND_SHARD\x10\x02\x12\x1a\n" +
-	"\x16GROUP_KIND_COORDINATOR\x10\x032\xc3\x01\n" +
+	"\x16GROUP_KIND_COORDINATOR\x10\x032\xfb\x02\n" +
 	"\fAdminService\x12`\n" +
 	"\x10GetClusterStatus\x12\".ledger.v1.GetClusterStatusRequest\x1a#.ledger.v1.GetClusterStatusResponse\"\x03\x90\x02\x01\x12Q\n" +
-	"\vGetShardMap\x12\x1d.ledger.v1.GetShardMapRequest\x1a\x1e.ledger.v1.GetShardMapResponse\"\x03\x90\x02\x01BAZ?github.com/shardledger/shardledger/proto/gen/ledger/v1;ledgerv1b\x06proto3"
+	"\vGetShardMap\x12\x1d.ledger.v1.GetShardMapRequest\x1a\x1e.ledger.v1.GetShardMapResponse\"\x03\x90\x02\x01\x12?\n" +
+	"\x05Audit\x12\x17.ledger.v1.AuditRequest\x1a\x18.ledger.v1.AuditResponse\"\x03\x90\x02\x01\x12u\n" +
+	"\x17ListInDoubtTransactions\x12).ledger.v1.ListInDoubtTransactionsRequest\x1a*.ledger.v1.ListInDoubtTransactionsResponse\"\x03\x90\x02\x01BAZ?github.com/shardledger/shardledger/proto/gen/ledger/v1;ledgerv1b\x06proto3"
 
 var (
 	file_ledger_v1_admin_proto_rawDescOnce sync.Once
@@ -610,34 +1026,49 @@ func file_ledger_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ledger_v1_admin_proto_rawDescData
 }
 
-var file_ledger_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_ledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_ledger_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_ledger_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ledger_v1_admin_proto_goTypes = []any{
-	(GroupKind)(0),                   // 0: ledger.v1.GroupKind
-	(*GetClusterStatusRequest)(nil),  // 1: ledger.v1.GetClusterStatusRequest
-	(*Node)(nil),                     // 2: ledger.v1.Node
-	(*Group)(nil),                    // 3: ledger.v1.Group
-	(*GetClusterStatusResponse)(nil), // 4: ledger.v1.GetClusterStatusResponse
-	(*GetShardMapRequest)(nil),       // 5: ledger.v1.GetShardMapRequest
-	(*SlotRange)(nil),                // 6: ledger.v1.SlotRange
-	(*Shard)(nil),                    // 7: ledger.v1.Shard
-	(*GetShardMapResponse)(nil),      // 8: ledger.v1.GetShardMapResponse
+	(TransactionDecision)(0),                // 0: ledger.v1.TransactionDecision
+	(GroupKind)(0),                          // 1: ledger.v1.GroupKind
+	(*AuditRequest)(nil),                    // 2: ledger.v1.AuditRequest
+	(*AuditResponse)(nil),                   // 3: ledger.v1.AuditResponse
+	(*ListInDoubtTransactionsRequest)(nil),  // 4: ledger.v1.ListInDoubtTransactionsRequest
+	(*InDoubtTransaction)(nil),              // 5: ledger.v1.InDoubtTransaction
+	(*ListInDoubtTransactionsResponse)(nil), // 6: ledger.v1.ListInDoubtTransactionsResponse
+	(*GetClusterStatusRequest)(nil),         // 7: ledger.v1.GetClusterStatusRequest
+	(*Node)(nil),                            // 8: ledger.v1.Node
+	(*Group)(nil),                           // 9: ledger.v1.Group
+	(*GetClusterStatusResponse)(nil),        // 10: ledger.v1.GetClusterStatusResponse
+	(*GetShardMapRequest)(nil),              // 11: ledger.v1.GetShardMapRequest
+	(*SlotRange)(nil),                       // 12: ledger.v1.SlotRange
+	(*Shard)(nil),                           // 13: ledger.v1.Shard
+	(*GetShardMapResponse)(nil),             // 14: ledger.v1.GetShardMapResponse
+	(*timestamppb.Timestamp)(nil),           // 15: google.protobuf.Timestamp
 }
 var file_ledger_v1_admin_proto_depIdxs = []int32{
-	0, // 0: ledger.v1.Group.kind:type_name -> ledger.v1.GroupKind
-	2, // 1: ledger.v1.GetClusterStatusResponse.nodes:type_name -> ledger.v1.Node
-	3, // 2: ledger.v1.GetClusterStatusResponse.groups:type_name -> ledger.v1.Group
-	6, // 3: ledger.v1.GetShardMapResponse.ranges:type_name -> ledger.v1.SlotRange
-	7, // 4: ledger.v1.GetShardMapResponse.shards:type_name -> ledger.v1.Shard
-	1, // 5: ledger.v1.AdminService.GetClusterStatus:input_type -> ledger.v1.GetClusterStatusRequest
-	5, // 6: ledger.v1.AdminService.GetShardMap:input_type -> ledger.v1.GetShardMapRequest
-	4, // 7: ledger.v1.AdminService.GetClusterStatus:output_type -> ledger.v1.GetClusterStatusResponse
-	8, // 8: ledger.v1.AdminService.GetShardMap:output_type -> ledger.v1.GetShardMapResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	0,  // 0: ledger.v1.InDoubtTransaction.decision:type_name -> ledger.v1.TransactionDecision
+	15, // 1: ledger.v1.InDoubtTransaction.begun_at:type_name -> google.protobuf.Timestamp
+	15, // 2: ledger.v1.InDoubtTransaction.expires_at:type_name -> google.protobuf.Timestamp
+	5,  // 3: ledger.v1.ListInDoubtTransactionsResponse.transactions:type_name -> ledger.v1.InDoubtTransaction
+	1,  // 4: ledger.v1.Group.kind:type_name -> ledger.v1.GroupKind
+	8,  // 5: ledger.v1.GetClusterStatusResponse.nodes:type_name -> ledger.v1.Node
+	9,  // 6: ledger.v1.GetClusterStatusResponse.groups:type_name -> ledger.v1.Group
+	12, // 7: ledger.v1.GetShardMapResponse.ranges:type_name -> ledger.v1.SlotRange
+	13, // 8: ledger.v1.GetShardMapResponse.shards:type_name -> ledger.v1.Shard
+	7,  // 9: ledger.v1.AdminService.GetClusterStatus:input_type -> ledger.v1.GetClusterStatusRequest
+	11, // 10: ledger.v1.AdminService.GetShardMap:input_type -> ledger.v1.GetShardMapRequest
+	2,  // 11: ledger.v1.AdminService.Audit:input_type -> ledger.v1.AuditRequest
+	4,  // 12: ledger.v1.AdminService.ListInDoubtTransactions:input_type -> ledger.v1.ListInDoubtTransactionsRequest
+	10, // 13: ledger.v1.AdminService.GetClusterStatus:output_type -> ledger.v1.GetClusterStatusResponse
+	14, // 14: ledger.v1.AdminService.GetShardMap:output_type -> ledger.v1.GetShardMapResponse
+	3,  // 15: ledger.v1.AdminService.Audit:output_type -> ledger.v1.AuditResponse
+	6,  // 16: ledger.v1.AdminService.ListInDoubtTransactions:output_type -> ledger.v1.ListInDoubtTransactionsResponse
+	13, // [13:17] is the sub-list for method output_type
+	9,  // [9:13] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ledger_v1_admin_proto_init() }
@@ -650,8 +1081,8 @@ func file_ledger_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ledger_v1_admin_proto_rawDesc), len(file_ledger_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   8,
+			NumEnums:      2,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

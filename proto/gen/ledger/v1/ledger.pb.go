@@ -208,6 +208,9 @@ const (
 	TransferStatus_TRANSFER_STATUS_PENDING_ALREADY_VOIDED   TransferStatus = 14
 	TransferStatus_TRANSFER_STATUS_PENDING_EXPIRED          TransferStatus = 15
 	TransferStatus_TRANSFER_STATUS_LINKED_EVENT_FAILED      TransferStatus = 16
+	// A cross-shard transfer whose participants could not all be prepared in time: it was
+	// aborted and nothing was applied (final, like every outcome).
+	TransferStatus_TRANSFER_STATUS_TIMED_OUT TransferStatus = 17
 )
 
 // Enum value maps for TransferStatus.
@@ -230,6 +233,7 @@ var (
 		14: "TRANSFER_STATUS_PENDING_ALREADY_VOIDED",
 		15: "TRANSFER_STATUS_PENDING_EXPIRED",
 		16: "TRANSFER_STATUS_LINKED_EVENT_FAILED",
+		17: "TRANSFER_STATUS_TIMED_OUT",
 	}
 	TransferStatus_value = map[string]int32{
 		"TRANSFER_STATUS_UNSPECIFIED":              0,
@@ -249,6 +253,7 @@ var (
 		"TRANSFER_STATUS_PENDING_ALREADY_VOIDED":   14,
 		"TRANSFER_STATUS_PENDING_EXPIRED":          15,
 		"TRANSFER_STATUS_LINKED_EVENT_FAILED":      16,
+		"TRANSFER_STATUS_TIMED_OUT":                17,
 	}
 )
 
@@ -1136,7 +1141,7 @@ const file_ledger_v1_ledger_proto_rawDesc = "" +
 	"\x16TRANSFER_STATE_PENDING\x10\x01\x12\x19\n" +
 	"\x15TRANSFER_STATE_POSTED\x10\x02\x12\x19\n" +
 	"\x15TRANSFER_STATE_VOIDED\x10\x03\x12\x1a\n" +
-	"\x16TRANSFER_STATE_EXPIRED\x10\x04*\x88\x05\n" +
+	"\x16TRANSFER_STATE_EXPIRED\x10\x04*\xa7\x05\n" +
 	"\x0eTransferStatus\x12\x1f\n" +
 	"\x1bTRANSFER_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17TRANSFER_STATUS_CREATED\x10\x01\x12\x1a\n" +
@@ -1155,7 +1160,8 @@ const file_ledger_v1_ledger_proto_rawDesc = "" +
 	"&TRANSFER_STATUS_PENDING_ALREADY_POSTED\x10\r\x12*\n" +
 	"&TRANSFER_STATUS_PENDING_ALREADY_VOIDED\x10\x0e\x12#\n" +
 	"\x1fTRANSFER_STATUS_PENDING_EXPIRED\x10\x0f\x12'\n" +
-	"#TRANSFER_STATUS_LINKED_EVENT_FAILED\x10\x102\xed\x02\n" +
+	"#TRANSFER_STATUS_LINKED_EVENT_FAILED\x10\x10\x12\x1d\n" +
+	"\x19TRANSFER_STATUS_TIMED_OUT\x10\x112\xed\x02\n" +
 	"\rLedgerService\x12W\n" +
 	"\x0eCreateAccounts\x12 .ledger.v1.CreateAccountsRequest\x1a!.ledger.v1.CreateAccountsResponse\"\x00\x12Q\n" +
 	"\vGetAccounts\x12\x1d.ledger.v1.GetAccountsRequest\x1a\x1e.ledger.v1.GetAccountsResponse\"\x03\x90\x02\x01\x12Z\n" +

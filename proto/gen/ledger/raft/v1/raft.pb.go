@@ -2573,11 +2573,13 @@ type ShardMap struct {
 	Epoch     uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	SlotCount uint32                 `protobuf:"varint,2,opt,name=slot_count,json=slotCount,proto3" json:"slot_count,omitempty"`
 	// slot -> shard id, slot_count entries.
-	SlotShard     []uint64         `protobuf:"varint,3,rep,packed,name=slot_shard,json=slotShard,proto3" json:"slot_shard,omitempty"`
-	Shards        []*ShardReplicas `protobuf:"bytes,4,rep,name=shards,proto3" json:"shards,omitempty"`
-	Nodes         []*NodeInfo      `protobuf:"bytes,5,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SlotShard []uint64         `protobuf:"varint,3,rep,packed,name=slot_shard,json=slotShard,proto3" json:"slot_shard,omitempty"`
+	Shards    []*ShardReplicas `protobuf:"bytes,4,rep,name=shards,proto3" json:"shards,omitempty"`
+	Nodes     []*NodeInfo      `protobuf:"bytes,5,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// Raft group ids of the coordinator groups; a txn's group is chosen by hash of its id.
+	CoordinatorGroups []uint64 `protobuf:"varint,6,rep,packed,name=coordinator_groups,json=coordinatorGroups,proto3" json:"coordinator_groups,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ShardMap) Reset() {
@@ -2641,6 +2643,13 @@ func (x *ShardMap) GetShards() []*ShardReplicas {
 func (x *ShardMap) GetNodes() []*NodeInfo {
 	if x != nil {
 		return x.Nodes
+	}
+	return nil
+}
+
+func (x *ShardMap) GetCoordinatorGroups() []uint64 {
+	if x != nil {
+		return x.CoordinatorGroups
 	}
 	return nil
 }
@@ -3062,7 +3071,7 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\x16pending_transfers_held\x18\b \x01(\x04R\x14pendingTransfersHeld\x12+\n" +
 	"\x11prepared_branches\x18\t \x01(\x04R\x10preparedBranches\x12+\n" +
 	"\x11pending_transfers\x18\n" +
-	" \x01(\x04R\x10pendingTransfers\"\xc5\x01\n" +
+	" \x01(\x04R\x10pendingTransfers\"\xf4\x01\n" +
 	"\bShardMap\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1d\n" +
 	"\n" +
@@ -3070,7 +3079,8 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\n" +
 	"slot_shard\x18\x03 \x03(\x04R\tslotShard\x125\n" +
 	"\x06shards\x18\x04 \x03(\v2\x1d.ledger.raft.v1.ShardReplicasR\x06shards\x12.\n" +
-	"\x05nodes\x18\x05 \x03(\v2\x18.ledger.raft.v1.NodeInfoR\x05nodes\"@\n" +
+	"\x05nodes\x18\x05 \x03(\v2\x18.ledger.raft.v1.NodeInfoR\x05nodes\x12-\n" +
+	"\x12coordinator_groups\x18\x06 \x03(\x04R\x11coordinatorGroups\"@\n" +
 	"\rShardReplicas\x12\x19\n" +
 	"\bshard_id\x18\x01 \x01(\x04R\ashardId\x12\x14\n" +
 	"\x05nodes\x18\x02 \x03(\x04R\x05nodes\"Q\n" +

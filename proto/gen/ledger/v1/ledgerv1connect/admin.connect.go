@@ -39,6 +39,11 @@ const (
 	// AdminServiceGetShardMapProcedure is the fully-qualified name of the AdminService's GetShardMap
 	// RPC.
 	AdminServiceGetShardMapProcedure = "/ledger.v1.AdminService/GetShardMap"
+	// AdminServiceAuditProcedure is the fully-qualified name of the AdminService's Audit RPC.
+	AdminServiceAuditProcedure = "/ledger.v1.AdminService/Audit"
+	// AdminServiceListInDoubtTransactionsProcedure is the fully-qualified name of the AdminService's
+	// ListInDoubtTransactions RPC.
+	AdminServiceListInDoubtTransactionsProcedure = "/ledger.v1.AdminService/ListInDoubtTransactions"
 )
 
 // AdminServiceClient is a client for the ledger.v1.AdminService service.
@@ -47,6 +52,10 @@ type AdminServiceClient interface {
 	GetClusterStatus(context.Context, *connect.Request[v1.GetClusterStatusRequest]) (*connect.Response[v1.GetClusterStatusResponse], error)
 	// GetShardMap reports the current shard map (linearizable read of the meta group).
 	GetShardMap(context.Context, *connect.Request[v1.GetShardMapRequest]) (*connect.Response[v1.GetShardMapResponse], error)
+	// Audit checks the double-entry invariants across every shard (meaningful at quiescence).
+	Audit(context.Context, *connect.Request[v1.AuditRequest]) (*connect.Response[v1.AuditResponse], error)
+	// ListInDoubtTransactions lists cross-shard transactions not yet resolved everywhere.
+	ListInDoubtTransactions(context.Context, *connect.Request[v1.ListInDoubtTransactionsRequest]) (*connect.Response[v1.ListInDoubtTransactionsResponse], error)
 }
 
 // NewAdminServiceClient constructs a client for the ledger.v1.AdminService service. By default, it
@@ -74,13 +83,29 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		audit: connect.NewClient[v1.AuditRequest, v1.AuditResponse](
+			httpClient,
+			baseURL+AdminServiceAuditProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("Audit")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
+		listInDoubtTransactions: connect.NewClient[v1.ListInDoubtTransactionsRequest, v1.ListInDoubtTransactionsResponse](
+			httpClient,
+			baseURL+AdminServiceListInDoubtTransactionsProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("ListInDoubtTransactions")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // adminServiceClient implements AdminServiceClient.
 type adminServiceClient struct {
-	getClusterStatus *connect.Client[v1.GetClusterStatusRequest, v1.GetClusterStatusResponse]
-	getShardMap      *connect.Client[v1.GetShardMapRequest, v1.GetShardMapResponse]
+	getClusterStatus        *connect.Client[v1.GetClusterStatusRequest, v1.GetClusterStatusResponse]
+	getShardMap             *connect.Client[v1.GetShardMapRequest, v1.GetShardMapResponse]
+	audit                   *connect.Client[v1.AuditRequest, v1.AuditResponse]
+	listInDoubtTransactions *connect.Client[v1.ListInDoubtTransactionsRequest, v1.ListInDoubtTransactionsResponse]
 }
 
 // GetClusterStatus calls ledger.v1.AdminService.GetClusterStatus.
@@ -93,12 +118,26 @@ func (c *adminServiceClient) GetShardMap(ctx context.Context, req *connect.Reque
 	return c.getShardMap.CallUnary(ctx, req)
 }
 
+// Audit calls ledger.v1.AdminService.Audit.
+func (c *adminServiceClient) Audit(ctx context.Context, req *connect.Request[v1.AuditRequest]) (*connect.Response[v1.AuditResponse], error) {
+	return c.audit.CallUnary(ctx, req)
+}
+
+// ListInDoubtTransactions calls ledger.v1.AdminService.ListInDoubtTransactions.
+func (c *adminServiceClient) ListInDoubtTransactions(ctx context.Context, req *connect.Request[v1.ListInDoubtTransactionsRequest]) (*connect.Response[v1.ListInDoubtTransactionsResponse], error) {
+	return c.listInDoubtTransactions.CallUnary(ctx, req)
+}
+
 // AdminServiceHandler is an implementation of the ledger.v1.AdminService service.
 type AdminServiceHandler interface {
 	// GetClusterStatus reports nodes and every raft group with its replicas, leader and applied index.
 	GetClusterStatus(context.Context, *connect.Request[v1.GetClusterStatusRequest]) (*connect.Response[v1.GetClusterStatusResponse], error)
 	// GetShardMap reports the current shard map (linearizable read of the meta group).
 	GetShardMap(context.Context, *connect.Request[v1.GetShardMapRequest]) (*connect.Response[v1.GetShardMapResponse], error)
+	// Audit checks the double-entry invariants across every shard (meaningful at quiescence).
+	Audit(context.Context, *connect.Request[v1.AuditRequest]) (*connect.Response[v1.AuditResponse], error)
+	// ListInDoubtTransactions lists cross-shard transactions not yet resolved everywhere.
+	ListInDoubtTransactions(context.Context, *connect.Request[v1.ListInDoubtTransactionsRequest]) (*connect.Response[v1.ListInDoubtTransactionsResponse], error)
 }
 
 // NewAdminServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -122,12 +161,30 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceAuditHandler := connect.NewUnaryHandler(
+		AdminServiceAuditProcedure,
+		svc.Audit,
+		connect.WithSchema(adminServiceMethods.ByName("Audit")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
+	adminServiceListInDoubtTransactionsHandler := connect.NewUnaryHandler(
+		AdminServiceListInDoubtTransactionsProcedure,
+		svc.ListInDoubtTransactions,
+		connect.WithSchema(adminServiceMethods.ByName("ListInDoubtTransactions")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ledger.v1.AdminService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AdminServiceGetClusterStatusProcedure:
 			adminServiceGetClusterStatusHandler.ServeHTTP(w, r)
 		case AdminServiceGetShardMapProcedure:
 			adminServiceGetShardMapHandler.ServeHTTP(w, r)
+		case AdminServiceAuditProcedure:
+			adminServiceAuditHandler.ServeHTTP(w, r)
+		case AdminServiceListInDoubtTransactionsProcedure:
+			adminServiceListInDoubtTransactionsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -143,4 +200,12 @@ func (UnimplementedAdminServiceHandler) GetClusterStatus(context.Context, *conne
 
 func (UnimplementedAdminServiceHandler) GetShardMap(context.Context, *connect.Request[v1.GetShardMapRequest]) (*connect.Response[v1.GetShardMapResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ledger.v1.AdminService.GetShardMap is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) Audit(context.Context, *connect.Request[v1.AuditRequest]) (*connect.Response[v1.AuditResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ledger.v1.AdminService.Audit is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) ListInDoubtTransactions(context.Context, *connect.Request[v1.ListInDoubtTransactionsRequest]) (*connect.Response[v1.ListInDoubtTransactionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ledger.v1.AdminService.ListInDoubtTransactions is not implemented"))
 }

@@ -1,0 +1,365 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
+	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
+)
+
+// Cluster is what the driver and the resolver need from the rest of the system (the
+// router implements it): proposals to a coordinator group, branch commands routed to
+// the shards owning the accounts, and reads.
+type Cluster interface {
+	// Propose runs one command on a raft group (batched, retried; idempotent).
+	Propose(ctx context.Context, group uint64, cmd *raftv1.Command) (*raftv1.CommandResult, error)
+	// PrepareBranches prepares branches on their shards; votes come back in order.
+	PrepareBranches(ctx context.Context, branches []*raftv1.Branch) ([]*raftv1.Vote, error)
+	// ResolveBranches commits or aborts branches on their shards; votes in order.
+	ResolveBranches(ctx context.Context, refs []*raftv1.BranchRef, commit bool) ([]*raftv1.Vote, error)
+	// Query reads a group (linearizable unless stale).
+	Query(ctx context.Context, group uint64, q *raftv1.Query, stale bool) (*raftv1.QueryResult, error)
+}
+
+// Hooks let tests stop the driver at exact points of the protocol.
+type Hooks struct {
+	// BeforeDecide runs after every vote is in, before the decision is proposed. ctx
+	// ends when the driver stops (a hook may block on it to hold the driver there).
+	BeforeDecide func(ctx context.Context, txnID string)
+	// BeforeResolve runs after the decision is applied, before branches are resolved.
+	BeforeResolve func(ctx context.Context, txnID string)
+}
+
+// DriverOptions bound a driver's work.
+type DriverOptions struct {
+	// PrepareTimeout: a txn not prepared everywhere this long after Begin is aborted.
+	PrepareTimeout time.Duration
+	// Tick is how often the driver looks for work without being woken.
+	Tick time.Duration
+	// InflightMax bounds the transactions driven at once.
+	InflightMax int
+	Now         func() time.Time
+	Hooks       Hooks
+	Logger      *slog.Logger
+}
+
+func (o *DriverOptions) setDefaults() {
+	if o.PrepareTimeout == 0 {
+		o.PrepareTimeout = 10 * time.Second
+	}
+	if o.Tick == 0 {
+		o.Tick = 50 * time.Millisecond
+	}
+	if o.InflightMax == 0 {
+		o.InflightMax = 4096
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Driver drives the transactions of one coordinator group. It runs on every node that
+// hosts a replica of the group and acts only while that replica is the leader. On
+// becoming leader it reloads every transaction not yet forgotten and drives it on.
+// Every step is idempotent and every decision conditional, so a deposed leader's late
+// actions cannot contradict the new leader's.
+type Driver struct {
+	group    uint64
+	isLeader func() bool
+	cl       Cluster
+	opts     DriverOptions
+	log      *slog.Logger
+
+	wake chan struct{}
+	mu   sync.Mutex
+	// notified holds records seen applied since the last loop; overflow forces a reload.
+	notified []*raftv1.TxnRecord
+	overflow bool
+	// tracked: open txns this leader knows; running: those with a goroutine.
+	tracked map[string]*raftv1.TxnRecord
+	running map[string]bool
+}
+
+// NotifyMax bounds buffered notifications; past it the driver reloads instead.
+const NotifyMax = 100_000
+
+// NewDriver returns a driver for group; isLeader tells whether the local replica leads.
+func NewDriver(group uint64, isLeader func() bool, cl Cluster, opts DriverOptions) *Driver {
+	opts.setDefaults()
+	return &Driver{group: group, isLeader: isLeader, cl: cl, opts: opts,
+		log:  opts.Logger.With("coordinator_group", group),
+		wake: make(chan struct{}, 1), tracked: map[string]*raftv1.TxnRecord{}, running: map[string]bool{}}
+}
+
+// Notify hands the driver records applied by the local replica. It never blocks.
+func (d *Driver) Notify(results []*raftv1.BatchResult) {
+	d.mu.Lock()
+	for _, br := range results {
+		for _, r := range br.GetResults() {
+			if r.GetTxn() == nil {
+				continue
+			}
+			if len(d.notified) >= NotifyMax {
+				d.overflow = true
+				continue
+			}
+			d.notified = append(d.notified, r.GetTxn())
+		}
+	}
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run drives transactions until ctx ends.
+func (d *Driver) Run(ctx context.Context) {
+	t := time.NewTicker(d.opts.Tick)
+	defer t.Stop()
+	leading := false
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-d.wake:
+		}
+		if !d.isLeader() {
+			if leading {
+				d.log.Info("no longer the coordinator leader")
+			}
+			leading = false
+			d.mu.Lock()
+			d.notified, d.overflow = nil, false
+			d.mu.Unlock()
+			continue
+		}
+		d.mu.Lock()
+		reload := !leading || d.overflow
+		notified := d.notified
+		d.notified, d.overflow = nil, false
+		d.mu.Unlock()
+		if reload {
+			recs, err := d.loadOpen(ctx)
+			if err != nil {
+				d.log.Warn("cannot load open transactions; will retry", "err", err)
+				continue
+			}
+			if !leading {
+				d.log.Info("became coordinator leader: resuming open transactions", "open", len(recs))
+			}
+			leading = true
+			notified = append(recs, notified...)
+		}
+		d.mu.Lock()
+		for _, rec := range notified {
+			if rec.Forgotten {
+				delete(d.tracked, rec.TxnId)
+				continue
+			}
+			d.tracked[rec.TxnId] = rec
+		}
+		var expired []string
+		now := d.opts.Now().UnixNano()
+		for id, rec := range d.tracked {
+			if rec.Decision == decHold {
+				if rec.ExpiresAtUnixNano > 0 && now >= rec.ExpiresAtUnixNano {
+					expired = append(expired, id)
+				}
+				continue
+			}
+			if d.running[id] || len(d.running) >= d.opts.InflightMax {
+				continue
+			}
+			d.running[id] = true
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d.drive(ctx, rec)
+			}()
+		}
+		d.mu.Unlock()
+		if len(expired) > 0 {
+			d.expire(ctx, expired)
+		}
+	}
+}
+
+func (d *Driver) loadOpen(ctx context.Context) ([]*raftv1.TxnRecord, error) {
+	res, err := d.cl.Query(ctx, d.group, &raftv1.Query{Op: &raftv1.Query_OpenTxns{OpenTxns: true}}, false)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	clear(d.tracked)
+	d.mu.Unlock()
+	return res.Txns, nil
+}
+
+func (d *Driver) expire(ctx context.Context, ids []string) {
+	cmd := &raftv1.Command{Op: &raftv1.Command_ExpireTxns{ExpireTxns: &raftv1.ExpireTxns{TxnIds: ids}}}
+	if _, err := d.cl.Propose(ctx, d.group, cmd); err != nil {
+		d.log.Warn("expire held transactions", "err", err, "count", len(ids))
+	}
+	// The applied records come back through Notify and are driven from there.
+}
+
+// drive takes one transaction from where it is to forgotten (or held).
+func (d *Driver) drive(ctx context.Context, rec *raftv1.TxnRecord) {
+	defer func() {
+		d.mu.Lock()
+		delete(d.running, rec.TxnId)
+		d.mu.Unlock()
+	}()
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		if !d.isLeader() {
+			return // the new leader resumes it
+		}
+		next, done, err := d.step(ctx, rec)
+		if err != nil {
+			d.log.Debug("txn step failed; retrying", "txn", rec.TxnId, "err", err)
+			if sleep(ctx, backoff(attempt)) != nil {
+				return
+			}
+			continue
+		}
+		d.mu.Lock()
+		if done {
+			delete(d.tracked, rec.TxnId)
+		} else if next.Decision == decHold {
+			d.tracked[rec.TxnId] = next
+		}
+		d.mu.Unlock()
+		if done || next.Decision == decHold {
+			return
+		}
+		rec, attempt = next, -1
+	}
+}
+
+// step advances a transaction by one phase and returns its new record; done when
+// forgotten.
+func (d *Driver) step(ctx context.Context, rec *raftv1.TxnRecord) (*raftv1.TxnRecord, bool, error) {
+	switch rec.Decision {
+	case decNone:
+		dec := d.collectVotes(ctx, rec)
+		if d.opts.Hooks.BeforeDecide != nil {
+			d.opts.Hooks.BeforeDecide(ctx, rec.TxnId)
+			if ctx.Err() != nil {
+				return nil, false, ctx.Err()
+			}
+		}
+		if dec == nil {
+			return nil, false, errors.New("votes incomplete")
+		}
+		res, err := d.cl.Propose(ctx, d.group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}})
+		if err != nil {
+			return nil, false, fmt.Errorf("decide: %w", err)
+		}
+		if res.GetTxn() == nil {
+			return nil, false, fmt.Errorf("decide refused: %s", res.GetMessage())
+		}
+		return res.Txn, false, nil
+	case decCommit, decAbort:
+		if d.opts.Hooks.BeforeResolve != nil {
+			d.opts.Hooks.BeforeResolve(ctx, rec.TxnId)
+			if ctx.Err() != nil {
+				return nil, false, ctx.Err()
+			}
+		}
+		commit := rec.Decision == decCommit
+		refs := make([]*raftv1.BranchRef, len(rec.Branches))
+		for i, b := range rec.Branches {
+			refs[i] = &raftv1.BranchRef{TxnId: b.TxnId, Index: b.Index, AccountId: b.AccountId}
+			if commit {
+				refs[i].Amount = rec.CommitAmount
+			}
+		}
+		votes, err := d.cl.ResolveBranches(ctx, refs, commit)
+		if err != nil {
+			return nil, false, fmt.Errorf("resolve branches: %w", err)
+		}
+		want := raftv1.BranchState_BRANCH_STATE_ABORTED
+		if commit {
+			want = raftv1.BranchState_BRANCH_STATE_COMMITTED
+		}
+		for _, v := range votes {
+			if v.GetState() != want {
+				// A branch contradicting the decision is a protocol bug: keep the txn
+				// open (it stays in doubt, visible to operators) and say so loudly.
+				d.log.Error("branch contradicts the decision", "txn", rec.TxnId, "branch", v.GetIndex(),
+					"state", v.GetState(), "decision", rec.Decision, "message", v.GetMessage())
+				return nil, false, fmt.Errorf("branch %d is %s, decision %s", v.GetIndex(), v.GetState(), rec.Decision)
+			}
+		}
+		res, err := d.cl.Propose(ctx, d.group, &raftv1.Command{Op: &raftv1.Command_ForgetTxn{ForgetTxn: &raftv1.ForgetTxn{TxnId: rec.TxnId}}})
+		if err != nil {
+			return nil, false, fmt.Errorf("forget: %w", err)
+		}
+		if res.GetTxn() == nil {
+			return nil, false, fmt.Errorf("forget refused: %s", res.GetMessage())
+		}
+		return res.Txn, true, nil
+	default:
+		return rec, false, nil
+	}
+}
+
+// collectVotes prepares every branch and returns the decision to log, or nil to retry
+// later (some shard did not answer and the prepare timeout has not passed).
+func (d *Driver) collectVotes(ctx context.Context, rec *raftv1.TxnRecord) *raftv1.DecideTxn {
+	votes, err := d.cl.PrepareBranches(ctx, rec.Branches)
+	if err != nil {
+		age := time.Duration(d.opts.Now().UnixNano() - rec.BegunAtUnixNano)
+		if age < d.opts.PrepareTimeout {
+			return nil
+		}
+		return &raftv1.DecideTxn{TxnId: rec.TxnId, Decision: decAbort, FailedIndex: -1,
+			Status:  ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT,
+			Message: fmt.Sprintf("participants not prepared within %v: %v", d.opts.PrepareTimeout, err)}
+	}
+	for _, v := range votes {
+		if v.GetState() != raftv1.BranchState_BRANCH_STATE_PREPARED {
+			st, msg := v.GetStatus(), v.GetMessage()
+			if v.GetState() == raftv1.BranchState_BRANCH_STATE_ABORTED {
+				st, msg = ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, "a participant aborted the branch (timed out)"
+			}
+			if msg == "" {
+				msg = st.String()
+			}
+			return &raftv1.DecideTxn{TxnId: rec.TxnId, Decision: decAbort, Status: st, Message: msg,
+				FailedIndex: int32(TransferOf(v.GetIndex()))}
+		}
+	}
+	dec := decCommit
+	if rec.Transfers[0].GetPending() {
+		dec = decHold
+	}
+	return &raftv1.DecideTxn{TxnId: rec.TxnId, Decision: dec, Votes: votes, FailedIndex: -1}
+}
+
+func backoff(attempt int) time.Duration {
+	return min(5*time.Millisecond<<min(attempt, 7), 500*time.Millisecond)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

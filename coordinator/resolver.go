@@ -1,0 +1,133 @@
+package coordinator
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
+	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
+)
+
+// ResolverOptions configure the participant-side resolver.
+type ResolverOptions struct {
+	// InquireAfter: a branch prepared longer than this asks its coordinator.
+	InquireAfter time.Duration
+	// Interval between scans.
+	Interval time.Duration
+	Now      func() time.Time
+	Logger   *slog.Logger
+}
+
+// Resolver runs on every node for the shards whose leader is local. It is the
+// participants' safety net: a branch prepared for too long asks its coordinator, which
+// answers from its record or, with no decision yet, logs an abort first, so a deposed
+// coordinator leader's late commit can never contradict what a participant was told.
+// It also expires intra-shard pending transfers whose timeout passed.
+type Resolver struct {
+	shards  func() []uint64 // account shards whose leader is local
+	coordOf func(txnID string) uint64
+	cl      Cluster
+	opts    ResolverOptions
+	log     *slog.Logger
+}
+
+// NewResolver returns a resolver.
+func NewResolver(ledShards func() []uint64, coordOf func(txnID string) uint64, cl Cluster, opts ResolverOptions) *Resolver {
+	if opts.InquireAfter == 0 {
+		opts.InquireAfter = 15 * time.Second
+	}
+	if opts.Interval == 0 {
+		opts.Interval = time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Resolver{shards: ledShards, coordOf: coordOf, cl: cl, opts: opts, log: opts.Logger}
+}
+
+// Run scans until ctx ends.
+func (r *Resolver) Run(ctx context.Context) {
+	t := time.NewTicker(r.opts.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, shard := range r.shards() {
+			r.scan(ctx, shard)
+		}
+	}
+}
+
+func (r *Resolver) scan(ctx context.Context, shard uint64) {
+	res, err := r.cl.Query(ctx, shard, &raftv1.Query{Op: &raftv1.Query_OpenWork{OpenWork: true}}, true)
+	if err != nil {
+		return
+	}
+	now := r.opts.Now().UnixNano()
+	byTxn := map[string][]*raftv1.Branch{}
+	for _, b := range res.Prepared {
+		if now-b.PreparedAtUnixNano >= int64(r.opts.InquireAfter) {
+			byTxn[b.Branch.TxnId] = append(byTxn[b.Branch.TxnId], b.Branch)
+		}
+	}
+	for txn, branches := range byTxn {
+		r.inquire(ctx, txn, branches)
+	}
+	var expired []*raftv1.TransferRef
+	for _, p := range res.Pending {
+		if p.ExpiresAtUnixNano > 0 && now >= p.ExpiresAtUnixNano {
+			expired = append(expired, &raftv1.TransferRef{Id: p.Transfer.GetId(), DebitAccountId: p.Transfer.GetDebitAccountId()})
+		}
+	}
+	if len(expired) > 0 {
+		cmd := &raftv1.Command{Op: &raftv1.Command_ExpirePending{ExpirePending: &raftv1.ExpirePending{Transfers: expired}}}
+		if _, err := r.cl.Propose(ctx, shard, cmd); err != nil {
+			r.log.Warn("expire pending transfers", "shard", shard, "err", err)
+		}
+	}
+}
+
+// inquire asks the coordinator about a transaction and resolves the local branches
+// accordingly.
+func (r *Resolver) inquire(ctx context.Context, txnID string, branches []*raftv1.Branch) {
+	group := r.coordOf(txnID)
+	res, err := r.cl.Query(ctx, group, &raftv1.Query{Op: &raftv1.Query_Txns{Txns: &raftv1.IdList{Ids: []string{txnID}}}}, false)
+	if err != nil {
+		return
+	}
+	if len(res.Txns) == 0 {
+		r.log.Error("prepared branch names a transaction its coordinator does not know", "txn", txnID, "group", group)
+		return
+	}
+	rec := res.Txns[0]
+	switch rec.Decision {
+	case decNone:
+		dec := &raftv1.DecideTxn{TxnId: txnID, Decision: decAbort, FailedIndex: -1,
+			Status: ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, Message: "a participant's prepared branch timed out"}
+		out, err := r.cl.Propose(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}})
+		if err != nil || out.GetTxn() == nil {
+			return
+		}
+		rec = out.Txn // the decision that stands (maybe a commit logged first)
+	case decHold:
+		return // a two-phase transfer holds its reservation until post, void or expiry
+	}
+	commit := rec.Decision == decCommit
+	refs := make([]*raftv1.BranchRef, len(branches))
+	for i, b := range branches {
+		refs[i] = &raftv1.BranchRef{TxnId: b.TxnId, Index: b.Index, AccountId: b.AccountId}
+		if commit {
+			refs[i].Amount = rec.CommitAmount
+		}
+	}
+	if _, err := r.cl.ResolveBranches(ctx, refs, commit); err != nil {
+		r.log.Warn("resolve branches after inquiry", "txn", txnID, "err", err)
+	}
+}
