@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/lni/dragonboat/v4"
+	"github.com/lni/dragonboat/v4/config"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 
 	"github.com/shardledger/shardledger/coordinator"
@@ -31,6 +32,8 @@ type Config struct {
 	// CoordinatorCount coordinator groups (default 1).
 	CoordinatorCount int
 	RTTMillisecond   uint64
+	// TransportFactory replaces the TCP transport (tests use internal/faultnet).
+	TransportFactory config.TransportFactory
 	Router           router.Options
 	// Agents configures drivers and resolvers; AgentsFor, when set, overrides it per node
 	// (tests hook a driver on one node).
@@ -112,7 +115,7 @@ func (l *Local) nodeConfig(i int) node.Config {
 		NodeID: id, RaftAddress: l.cfg.RaftAddresses[i], Zone: fmt.Sprintf("zone-%d", id),
 		DataDir: filepath.Join(l.cfg.Dir, fmt.Sprintf("node-%d", id)), Members: members,
 		ShardCount: l.cfg.ShardCount, CoordinatorCount: l.cfg.CoordinatorCount,
-		RTTMillisecond: l.cfg.RTTMillisecond, Logger: l.cfg.Logger,
+		RTTMillisecond: l.cfg.RTTMillisecond, TransportFactory: l.cfg.TransportFactory, Logger: l.cfg.Logger,
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/lni/dragonboat/v4/logger"
 
+	"github.com/shardledger/shardledger/coordinator"
 	"github.com/shardledger/shardledger/internal/node"
 	"github.com/shardledger/shardledger/ledger"
 	"github.com/shardledger/shardledger/meta"
@@ -53,13 +54,24 @@ type testCluster struct {
 }
 
 func startCluster(t *testing.T, dir string, addrs []string) *testCluster {
+	return startClusterWith(t, dir, addrs, nil)
+}
+
+func startClusterWith(t *testing.T, dir string, addrs []string, mutate func(*Config)) *testCluster {
 	t.Helper()
 	node.QuietDragonboat()
 	logger.GetLogger("transport").SetLevel(logger.CRITICAL) // peers stopped on purpose
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	l, err := Start(ctx, Config{Dir: dir, RaftAddresses: addrs, ShardCount: 4, SlotCount: testSlots,
-		RTTMillisecond: 5, Router: router.Options{ProposalTimeout: time.Second}, Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	cfg := Config{Dir: dir, RaftAddresses: addrs, ShardCount: 4, SlotCount: testSlots,
+		RTTMillisecond: 5, Router: router.Options{ProposalTimeout: time.Second},
+		Agents: AgentOptions{Driver: coordinator.DriverOptions{Tick: 10 * time.Millisecond, PrepareTimeout: 5 * time.Second},
+			Resolver: coordinator.ResolverOptions{InquireAfter: 3 * time.Second, Interval: 200 * time.Millisecond}},
+		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	l, err := Start(ctx, cfg)
 	if err != nil {
 		t.Fatalf("start cluster: %v", err)
 	}
@@ -458,12 +470,12 @@ func stateHashes(t *testing.T, l *Local, shard uint64) (map[uint64]uint64, map[u
 	return idx, hashes
 }
 
-// waitConverged waits until all three replicas of every shard are at the same applied
-// index with the same state hash.
+// waitConverged waits until all three replicas of every shard and coordinator group are
+// at the same applied index with the same state hash.
 func waitConverged(t *testing.T, l *Local) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
-	for shard := uint64(1); shard <= 4; shard++ {
+	for _, shard := range []uint64{1, 2, 3, 4, meta.CoordinatorGroupBase} {
 		for {
 			idx, hashes := stateHashes(t, l, shard)
 			same := len(idx) == 3

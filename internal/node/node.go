@@ -47,7 +47,9 @@ type Config struct {
 	RTTMillisecond uint64
 	// ElectionRTT in RTTs (default 10).
 	ElectionRTT uint64
-	Logger      *slog.Logger
+	// TransportFactory replaces dragonboat's TCP transport (tests inject faults).
+	TransportFactory config.TransportFactory
+	Logger           *slog.Logger
 }
 
 // Node is a running node.
@@ -103,7 +105,8 @@ func Start(cfg Config) (*Node, error) {
 		RTTMillisecond: cfg.RTTMillisecond,
 		RaftAddress:    cfg.RaftAddress,
 		Expert: config.ExpertConfig{
-			LogDB: logdb,
+			TransportFactory: cfg.TransportFactory,
+			LogDB:            logdb,
 			Engine: config.EngineConfig{ExecShards: 2, CommitShards: 2, ApplyShards: 2,
 				SnapshotShards: 2, CloseShards: 2},
 		},

@@ -1,0 +1,349 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/shardledger/shardledger/coordinator"
+	"github.com/shardledger/shardledger/internal/faultnet"
+	"github.com/shardledger/shardledger/meta"
+	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
+)
+
+// Fault tests: 3 NodeHosts in one process on an in-process transport that can cut links,
+// under concurrent cross-shard load. Each ends with every transaction decided and every
+// branch resolved within a bounded time, the audit clean, no acknowledged transfer lost
+// and none applied twice.
+
+type faultCluster struct {
+	*testCluster
+	net   *faultnet.Net
+	addrs []string
+}
+
+func startFaultCluster(t *testing.T, mutate func(*Config)) *faultCluster {
+	t.Helper()
+	net := faultnet.New()
+	name := strings.ToLower(t.Name()) // dragonboat normalizes addresses to lower case
+	addrs := []string{name + "-n1:1", name + "-n2:1", name + "-n3:1"}
+	tc := startClusterWith(t, t.TempDir(), addrs, func(c *Config) {
+		c.TransportFactory = net.Factory()
+		if mutate != nil {
+			mutate(c)
+		}
+	})
+	return &faultCluster{testCluster: tc, net: net, addrs: addrs}
+}
+
+// leaderOf returns the index of the node leading a group.
+func (fc *faultCluster) leaderOf(t *testing.T, group uint64) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for i, b := range fc.Backends() {
+			if n := b.Node(); n != nil && n.Leads(group) {
+				return i
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no leader for group %d", group)
+	return -1
+}
+
+// load runs workers sending cross-shard transfers (shard 1 -> shard 3), each id retried
+// until it has an outcome.
+type load struct {
+	tried, acked sync.Map // id -> amount
+	failed       sync.Map // id -> status (a final failure, e.g. TIMED_OUT)
+	stop         atomic.Bool
+	n            atomic.Int64
+	wg           sync.WaitGroup
+	from, to     []string
+}
+
+func startLoad(t *testing.T, tc *testCluster, prefix string, workers int) *load {
+	l := &load{from: idsOnShard(prefix+"-a", 1, 4), to: idsOnShard(prefix+"-b", 3, 4)}
+	createAccounts(t, tc.client, append(append([]string{}, l.from...), l.to...), false)
+	for w := 0; w < workers; w++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; !l.stop.Load(); i++ {
+				id := fmt.Sprintf("%s-w%d-%d", prefix, w, i)
+				amt := uint64(i%5 + 1)
+				tr := transfer(id, l.from[(w+i)%len(l.from)], l.to[(w*3+i)%len(l.to)], amt)
+				l.tried.Store(id, amt)
+				for attempt := 0; attempt < 200; attempt++ {
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					res, err := tc.client.CreateTransfers(ctx, connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{tr}}))
+					cancel()
+					if err != nil {
+						time.Sleep(25 * time.Millisecond)
+						continue
+					}
+					switch s := res.Msg.Results[0].Status; s {
+					case ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED, ledgerv1.TransferStatus_TRANSFER_STATUS_EXISTS:
+						l.acked.Store(id, amt)
+						l.n.Add(1)
+					default:
+						l.failed.Store(id, s)
+					}
+					break
+				}
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) finish() { l.stop.Store(true); l.wg.Wait() }
+
+// waitAcked waits until at least n more transfers are acknowledged.
+func (l *load) waitAcked(t *testing.T, n int64) {
+	t.Helper()
+	target := l.n.Load() + n
+	deadline := time.Now().Add(30 * time.Second)
+	for l.n.Load() < target {
+		if time.Now().After(deadline) {
+			t.Fatalf("load stalled at %d acked transfers (want %d)", l.n.Load(), target)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// verify checks, at quiescence: every acked transfer present; every transfer present
+// counted exactly once in the balances; audit clean.
+func (l *load) verify(t *testing.T, tc *testCluster) {
+	t.Helper()
+	waitQuiescent(t, tc)
+	var ids []string
+	l.tried.Range(func(k, _ any) bool { ids = append(ids, k.(string)); return true })
+	present := map[string]bool{}
+	for i := 0; i < len(ids); i += 1000 {
+		res, err := tc.client.GetTransfers(context.Background(), connect.NewRequest(&ledgerv1.GetTransfersRequest{Ids: ids[i:min(i+1000, len(ids))]}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tr := range res.Msg.Transfers {
+			present[tr.Id] = true
+		}
+	}
+	var sum uint64
+	l.tried.Range(func(k, v any) bool {
+		if present[k.(string)] {
+			sum += v.(uint64)
+		}
+		return true
+	})
+	lost := 0
+	l.acked.Range(func(k, _ any) bool {
+		if !present[k.(string)] {
+			lost++
+			t.Errorf("acknowledged transfer %s lost", k)
+		}
+		return true
+	})
+	l.failed.Range(func(k, v any) bool {
+		if present[k.(string)] {
+			t.Errorf("transfer %s answered %v but was applied", k, v)
+		}
+		return true
+	})
+	accs := getAccounts(t, tc.client, append(append([]string{}, l.from...), l.to...))
+	var debits, credits, pending uint64
+	for _, a := range accs {
+		debits += a.DebitsPosted
+		credits += a.CreditsPosted
+		pending += a.DebitsPending + a.CreditsPending
+	}
+	if debits != sum || credits != sum || pending != 0 {
+		t.Fatalf("debits %d, credits %d, pending %d; transfers present sum to %d: applied twice or lost", debits, credits, pending, sum)
+	}
+	var acked, failed int
+	l.acked.Range(func(_, _ any) bool { acked++; return true })
+	l.failed.Range(func(_, _ any) bool { failed++; return true })
+	t.Logf("%d transfers tried, %d acknowledged, %d failed finally, %d present", len(ids), acked, failed, len(present))
+}
+
+// killHook returns agent options whose driver blocks (until stopped) at the chosen
+// point on the node named by victim, reporting the first txn it holds.
+func killHook(victim *atomic.Uint64, reached chan<- string, beforeResolve bool) func(uint64) AgentOptions {
+	return func(id uint64) AgentOptions {
+		block := func(ctx context.Context, txn string) {
+			if victim.Load() != id {
+				return
+			}
+			select {
+			case reached <- txn:
+			default:
+			}
+			<-ctx.Done()
+		}
+		h := coordinator.Hooks{BeforeDecide: block}
+		if beforeResolve {
+			h = coordinator.Hooks{BeforeResolve: block}
+		}
+		return AgentOptions{
+			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond, PrepareTimeout: 5 * time.Second, Hooks: h},
+			Resolver: coordinator.ResolverOptions{InquireAfter: 3 * time.Second, Interval: 200 * time.Millisecond},
+		}
+	}
+}
+
+func testCoordinatorLeaderKilled(t *testing.T, beforeResolve bool) {
+	var victim atomic.Uint64
+	reached := make(chan string, 1)
+	fc := startFaultCluster(t, func(c *Config) { c.AgentsFor = killHook(&victim, reached, beforeResolve) })
+	l := startLoad(t, fc.testCluster, "k", 6)
+	l.waitAcked(t, 50)
+	leader := fc.leaderOf(t, meta.CoordinatorGroupBase)
+	victim.Store(uint64(leader + 1))
+	var held string
+	select {
+	case held = <-reached:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the coordinator leader's driver never reached the hook")
+	}
+	fc.StopNode(leader) // its drivers stop where they are: the decision (or commits) never sent
+	victim.Store(0)
+	t.Logf("killed coordinator leader node %d holding txn %s", leader+1, held)
+	l.waitAcked(t, 50) // the new leader drives old and new transactions
+	l.finish()
+	l.verify(t, fc.testCluster)
+	res, err := fc.client.GetTransfers(context.Background(), connect.NewRequest(&ledgerv1.GetTransfersRequest{Ids: []string{held}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if beforeResolve && len(res.Msg.Transfers) != 1 {
+		t.Fatalf("txn %s was decided (commit) before the kill but is not present", held)
+	}
+	if err := fc.StartNode(leader); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, fc.Local)
+}
+
+func TestCoordinatorLeaderKilledBeforeDecision(t *testing.T) { testCoordinatorLeaderKilled(t, false) }
+
+func TestCoordinatorLeaderKilledAfterDecision(t *testing.T) { testCoordinatorLeaderKilled(t, true) }
+
+func TestCoordinatorLeaderPartitionedThenHealed(t *testing.T) {
+	fc := startFaultCluster(t, nil)
+	l := startLoad(t, fc.testCluster, "p", 6)
+	l.waitAcked(t, 50)
+	leader := fc.leaderOf(t, meta.CoordinatorGroupBase)
+	var others []string
+	for i, a := range fc.addrs {
+		if i != leader {
+			others = append(others, a)
+		}
+	}
+	fc.net.Cut(fc.addrs[leader], others...)
+	t.Logf("cut coordinator leader node %d off", leader+1)
+	l.waitAcked(t, 50) // the majority side elects a leader and goes on
+	time.Sleep(500 * time.Millisecond)
+	fc.net.Heal()
+	l.waitAcked(t, 20)
+	l.finish()
+	l.verify(t, fc.testCluster)
+	waitConverged(t, fc.Local)
+}
+
+func TestParticipantShardLeaderKilledDuringPrepare(t *testing.T) {
+	fc := startFaultCluster(t, nil)
+	l := startLoad(t, fc.testCluster, "s", 6)
+	l.waitAcked(t, 50)
+	leader := fc.leaderOf(t, 3) // the credit side's shard
+	fc.StopNode(leader)
+	t.Logf("killed shard 3 leader node %d", leader+1)
+	l.waitAcked(t, 50)
+	l.finish()
+	l.verify(t, fc.testCluster)
+	if err := fc.StartNode(leader); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, fc.Local)
+}
+
+func TestResponseLostAfterDecisionRetryExists(t *testing.T) {
+	var dropped sync.Map
+	fc := startFaultCluster(t, func(c *Config) {
+		c.Router.AfterDecision = func(txn string) error {
+			if _, again := dropped.LoadOrStore(txn, true); !again && strings.HasPrefix(txn, "lost-") {
+				return connect.NewError(connect.CodeUnavailable, errors.New("response lost (test)"))
+			}
+			return nil
+		}
+	})
+	a, b := idsOnShard("lost-a", 1, 1)[0], idsOnShard("lost-b", 3, 1)[0]
+	createAccounts(t, fc.client, []string{a, b}, false)
+	for i := 0; i < 5; i++ {
+		tr := transfer(fmt.Sprintf("lost-%d", i), a, b, 7)
+		_, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{tr}}))
+		if connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Fatalf("first send of %s: want the lost response, got %v", tr.Id, err)
+		}
+		res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{tr}}))
+		if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_EXISTS {
+			t.Fatalf("retry of %s: want EXISTS, got %v %v", tr.Id, res, err)
+		}
+	}
+	waitQuiescent(t, fc.testCluster)
+	accs := getAccounts(t, fc.client, []string{a, b})
+	if accs[a].DebitsPosted != 35 || accs[b].CreditsPosted != 35 {
+		t.Fatalf("applied other than once: %v %v", accs[a], accs[b])
+	}
+}
+
+func TestPendingExpiresWhileCoordinatorLeaderDown(t *testing.T) {
+	fc := startFaultCluster(t, nil)
+	l := startLoad(t, fc.testCluster, "e", 4)
+	a, b := idsOnShard("exp-a", 1, 1)[0], idsOnShard("exp-b", 3, 1)[0]
+	createAccounts(t, fc.client, []string{a, b}, false)
+	p := transfer("exp-1", a, b, 25)
+	p.Pending, p.TimeoutSeconds = true, 1
+	res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{p}}))
+	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED {
+		t.Fatalf("try: %v %v", res, err)
+	}
+	if accs := getAccounts(t, fc.client, []string{a}); accs[a].DebitsPending != 25 {
+		t.Fatalf("not reserved: %v", accs[a])
+	}
+	leader := fc.leaderOf(t, meta.CoordinatorGroupBase)
+	fc.StopNode(leader)
+	t.Logf("stopped coordinator leader node %d; the pending transfer expires in 1 s", leader+1)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		accs := getAccounts(t, fc.client, []string{a, b})
+		if accs[a].DebitsPending == 0 && accs[b].CreditsPending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reservation not released after expiry: %v %v", accs[a], accs[b])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	res, err = fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{{Id: "exp-1-post", PostPendingId: "exp-1"}}}))
+	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_PENDING_EXPIRED {
+		t.Fatalf("post after expiry: %v %v", res, err)
+	}
+	gt, err := fc.client.GetTransfers(context.Background(), connect.NewRequest(&ledgerv1.GetTransfersRequest{Ids: []string{"exp-1"}}))
+	if err != nil || len(gt.Msg.Transfers) != 1 || gt.Msg.Transfers[0].State != ledgerv1.TransferState_TRANSFER_STATE_EXPIRED {
+		t.Fatalf("expired transfer: %v %v", gt, err)
+	}
+	l.finish()
+	l.verify(t, fc.testCluster)
+	if err := fc.StartNode(leader); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, fc.Local)
+}
