@@ -29,14 +29,19 @@ func main() {
 	batch := flag.Int("batch", 1, "transfers per request")
 	duration := flag.Duration("duration", 10*time.Second, "measured duration")
 	warmup := flag.Duration("warmup", 2*time.Second, "warm-up before measuring")
+	cross := flag.Float64("cross", 0, "fraction of transfers whose accounts live on different shards (0-1)")
 	flag.Parse()
-	if err := run(*addr, *accounts, *concurrency, *batch, *duration, *warmup); err != nil {
+	if *cross < 0 || *cross > 1 {
+		fmt.Fprintln(os.Stderr, "ledger-bench: --cross must be within 0-1")
+		os.Exit(2)
+	}
+	if err := run(*addr, *accounts, *concurrency, *batch, *duration, *warmup, *cross); err != nil {
 		fmt.Fprintln(os.Stderr, "ledger-bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr string, nAccounts, concurrency, batch int, duration, warmup time.Duration) error {
+func run(addr string, nAccounts, concurrency, batch int, duration, warmup time.Duration, cross float64) error {
 	ctx := context.Background()
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency * 2}}
 	c := ledgerv1connect.NewLedgerServiceClient(hc, addr)
@@ -91,13 +96,20 @@ func run(addr string, nAccounts, concurrency, batch int, duration, warmup time.D
 			for !stop.Load() {
 				req := &ledgerv1.CreateTransfersRequest{}
 				for k := 0; k < batch; k++ {
-					ids := shards[rng.IntN(len(shards))]
-					d, cr := rng.IntN(len(ids)), rng.IntN(len(ids)-1)
-					if cr >= d {
-						cr++
+					si := rng.IntN(len(shards))
+					ids := shards[si]
+					d := ids[rng.IntN(len(ids))]
+					var c string
+					if len(shards) > 1 && rng.Float64() < cross {
+						sj := (si + 1 + rng.IntN(len(shards)-1)) % len(shards)
+						c = shards[sj][rng.IntN(len(shards[sj]))]
+					} else {
+						for c = d; c == d; {
+							c = ids[rng.IntN(len(ids))]
+						}
 					}
 					req.Transfers = append(req.Transfers, &ledgerv1.Transfer{Id: fmt.Sprintf("t%d-%d", run, seq.Add(1)),
-						DebitAccountId: ids[d], CreditAccountId: ids[cr], Amount: 1, Currency: "USD"})
+						DebitAccountId: d, CreditAccountId: c, Amount: 1, Currency: "USD"})
 				}
 				t0 := time.Now()
 				_, err := c.CreateTransfers(ctx, connect.NewRequest(req))
@@ -131,8 +143,8 @@ func run(addr string, nAccounts, concurrency, batch int, duration, warmup time.D
 		}
 		return lat[min(len(lat)-1, int(p*float64(len(lat))))]
 	}
-	fmt.Printf("intra-shard transfers: %d in %.1fs = %.0f transfers/s (concurrency %d, %d per request, %d accounts, %d errors)\n",
-		done.Load(), elapsed.Seconds(), float64(done.Load())/elapsed.Seconds(), concurrency, batch, nAccounts, errs.Load())
+	fmt.Printf("transfers (%.0f%% cross-shard): %d in %.1fs = %.0f transfers/s (concurrency %d, %d per request, %d accounts, %d errors)\n",
+		cross*100, done.Load(), elapsed.Seconds(), float64(done.Load())/elapsed.Seconds(), concurrency, batch, nAccounts, errs.Load())
 	fmt.Printf("request latency: p50 %v p90 %v p99 %v max %v\n", q(0.5), q(0.9), q(0.99), q(1))
 	return nil
 }
