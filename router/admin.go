@@ -86,6 +86,15 @@ func (a *Admin) GetClusterStatus(ctx context.Context, _ *connect.Request[ledgerv
 		}
 		out.Groups = append(out.Groups, g)
 	}
+	for _, id := range m.CoordinatorGroups {
+		g := &ledgerv1.Group{Id: id, Kind: ledgerv1.GroupKind_GROUP_KIND_COORDINATOR, Replicas: all}
+		g.Leader, g.Term = leader(id)
+		q := &raftv1.Query{Op: &raftv1.Query_ShardState{ShardState: true}}
+		if res, err := a.r.read(ctx, id, q, true); err == nil {
+			g.AppliedIndex = res.(*raftv1.QueryResult).AppliedIndex
+		}
+		out.Groups = append(out.Groups, g)
+	}
 	return connect.NewResponse(out), nil
 }
 

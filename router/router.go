@@ -48,6 +48,9 @@ type Options struct {
 	InflightPerShard int
 	// QueuedPerShard bounds commands waiting per shard; past it: resource_exhausted.
 	QueuedPerShard int
+	// TxnInflightMax bounds the cross-shard transactions this router waits on at once;
+	// past it: resource_exhausted.
+	TxnInflightMax int
 	// DecisionPollMax bounds the wait between looks at a transaction's decision.
 	DecisionPollMax time.Duration
 	// AfterDecision, for tests: runs once a cross-shard transaction is decided, before
@@ -79,6 +82,9 @@ func (o *Options) setDefaults() {
 	if o.QueuedPerShard == 0 {
 		o.QueuedPerShard = 4096
 	}
+	if o.TxnInflightMax == 0 {
+		o.TxnInflightMax = 10_000
+	}
 	if o.DecisionPollMax == 0 {
 		o.DecisionPollMax = 20 * time.Millisecond
 	}
@@ -98,6 +104,7 @@ type Router struct {
 
 	shardMap  atomic.Pointer[raftv1.ShardMap]
 	refreshMu sync.Mutex
+	txns      atomic.Int64 // cross-shard transactions in flight
 
 	mu     sync.Mutex
 	queues map[uint64]*shardQueue

@@ -159,6 +159,12 @@ func (r *Router) runTxn(ctx context.Context, m *raftv1.ShardMap, chain []*ledger
 	if len(m.CoordinatorGroups) == 0 {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the cluster has no coordinator group"))
 	}
+	if n := r.txns.Add(1); n > int64(r.opts.TxnInflightMax) {
+		r.txns.Add(-1)
+		return nil, connect.NewError(connect.CodeResourceExhausted,
+			fmt.Errorf("%d cross-shard transactions in flight (limit %d); retry later", n-1, r.opts.TxnInflightMax))
+	}
+	defer r.txns.Add(-1)
 	first := chain[0]
 	if p := pendingRef(first); p != "" {
 		group := coordinator.GroupOf(p, m.CoordinatorGroups)
