@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"flag"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -260,6 +262,202 @@ func shardMap(c *cli, fs *flag.FlagSet, args []string) error {
 			u64(r.GetShardId()), ids(replicas[r.GetShardId()]))
 	}
 	return w.Flush()
+}
+
+func audit(c *cli, fs *flag.FlagSet, args []string) error {
+	if err := parseNoArgs(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := c.rpcContext()
+	defer cancel()
+	resp, err := c.admin().Audit(ctx, request(c, &ledgerv1.AuditRequest{}))
+	if err != nil {
+		return err
+	}
+	m := resp.Msg
+	failed := !m.GetOk() || len(m.GetViolations()) > 0
+	if c.json {
+		if err := c.printJSON(m); err != nil {
+			return err
+		}
+	} else {
+		switch n := len(m.GetViolations()); {
+		case !failed:
+			fmt.Fprintln(c.stdout, "audit: ok, no violations")
+		case n == 0:
+			fmt.Fprintln(c.stdout, "audit: FAILED (no violation reported)")
+		default:
+			fmt.Fprintf(c.stdout, "audit: FAILED, %d %s\n", n, plural(n, "violation", "violations"))
+		}
+		for _, v := range m.GetViolations() {
+			fmt.Fprintf(c.stdout, "  - %s\n", strings.TrimSpace(v))
+		}
+		fmt.Fprintln(c.stdout)
+		w := c.table("TOTAL", "VALUE")
+		for _, t := range []struct {
+			name  string
+			value uint64
+		}{
+			{"accounts", m.GetAccounts()},
+			{"debits posted", m.GetDebitsPosted()},
+			{"credits posted", m.GetCreditsPosted()},
+			{"debits pending", m.GetDebitsPending()},
+			{"credits pending", m.GetCreditsPending()},
+			{"prepared branches", m.GetPreparedBranches()},
+			{"pending transfers", m.GetPendingTransfers()},
+			{"open transactions", m.GetOpenTransactions()},
+		} {
+			row(w, t.name, u64(t.value))
+		}
+		if err := w.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintln(c.stdout, "\nnote: the global sums (debits = credits) are only meaningful at quiescence, when no")
+		fmt.Fprintln(c.stdout, "transaction is open or only held two-phase ones are (decision hold in `ledgerctl txn list`).")
+		switch open := m.GetOpenTransactions(); open {
+		case 0:
+			fmt.Fprintln(c.stdout, "No transaction is open now.")
+		case 1:
+			fmt.Fprintln(c.stdout, "1 transaction is open now: see `ledgerctl txn list`.")
+		default:
+			fmt.Fprintf(c.stdout, "%d transactions are open now: see `ledgerctl txn list`.\n", open)
+		}
+	}
+	if failed {
+		return errItemsFailed
+	}
+	return nil
+}
+
+// listInDoubtMax is the server's default and maximum --limit.
+const listInDoubtMax = 1000
+
+// transfersWidth bounds the TRANSFERS column of txn list.
+const transfersWidth = 60
+
+// timeNow is the clock of AGE and EXPIRES; tests replace it.
+var timeNow = time.Now
+
+func txnList(c *cli, fs *flag.FlagSet, args []string) error {
+	var limit uint32
+	fs.Var((*uint32Flag)(&limit), "limit", fmt.Sprintf("list at most this many (0: the server's default, %d; it is also the maximum)", listInDoubtMax))
+	if err := parseNoArgs(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := c.rpcContext()
+	defer cancel()
+	resp, err := c.admin().ListInDoubtTransactions(ctx, request(c, &ledgerv1.ListInDoubtTransactionsRequest{Limit: limit}))
+	if err != nil {
+		return err
+	}
+	if c.json {
+		return c.printJSON(resp.Msg)
+	}
+	txns := resp.Msg.GetTransactions()
+	if len(txns) == 0 {
+		_, err := fmt.Fprintln(c.stdout, "no transactions in doubt")
+		return err
+	}
+	now := timeNow()
+	w := c.table("ID", "GROUP", "DECISION", "AGE", "EXPIRES", "TRANSFERS")
+	for _, t := range txns {
+		age := "-"
+		if t.GetBegunAt() != nil {
+			age = duration(now.Sub(t.GetBegunAt().AsTime()))
+		}
+		expires := "-"
+		if t.GetExpiresAt() != nil {
+			if d := t.GetExpiresAt().AsTime().Sub(now); d >= 0 {
+				expires = "in " + duration(d)
+			} else {
+				expires = duration(-d) + " ago"
+			}
+		}
+		row(w, text(t.GetId()), u64(t.GetCoordinatorGroup()), decision(t.GetDecision()), age, expires,
+			text(truncateList(t.GetTransferIds(), transfersWidth)))
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	if effective := min(cmp.Or(limit, listInDoubtMax), listInDoubtMax); len(txns) >= int(effective) {
+		fmt.Fprintf(c.stdout, "(limit of %d reached: more transactions may be in doubt)\n", effective)
+	}
+	return nil
+}
+
+// decision names a coordinator's decision as operators say it.
+func decision(d ledgerv1.TransactionDecision) string {
+	switch d {
+	case ledgerv1.TransactionDecision_TRANSACTION_DECISION_UNSPECIFIED:
+		return "undecided"
+	case ledgerv1.TransactionDecision_TRANSACTION_DECISION_COMMIT:
+		return "commit"
+	case ledgerv1.TransactionDecision_TRANSACTION_DECISION_ABORT:
+		return "abort"
+	case ledgerv1.TransactionDecision_TRANSACTION_DECISION_HOLD:
+		return "hold"
+	}
+	return strings.ToLower(strings.TrimPrefix(d.String(), "TRANSACTION_DECISION_")) // a newer value, or its number
+}
+
+// duration is a short rendering of an elapsed time: 1.2s, 4m5s, 3h7m, 2d5h.
+func duration(d time.Duration) string {
+	switch {
+	case d < 0:
+		d = 0 // clock skew between this host and the coordinator
+	case d >= 48*time.Hour:
+		return fmt.Sprintf("%dd%dh", d/(24*time.Hour), d%(24*time.Hour)/time.Hour)
+	case d >= time.Hour:
+		return strings.TrimSuffix(d.Truncate(time.Minute).String(), "0s")
+	case d >= time.Minute:
+		return d.Truncate(time.Second).String()
+	}
+	return fmt.Sprintf("%.1fs", d.Truncate(100*time.Millisecond).Seconds())
+}
+
+// truncateList joins ids with commas in at most width bytes, ending with ",...(+N)" when
+// N ids did not fit.
+func truncateList(ids []string, width int) string {
+	if s := strings.Join(ids, ","); len(s) <= width {
+		return s
+	}
+	var b strings.Builder
+	for i, id := range ids {
+		sep := ""
+		if i > 0 {
+			sep = ","
+		}
+		if b.Len()+len(sep)+len(id)+len(more(len(ids)-i-1)) > width {
+			if i == 0 { // the first id does not fit with the ending: cut it, at a rune start
+				keep := max(width-len(more(len(ids)-1))-len("..."), 1)
+				if keep >= len(id) {
+					return id + more(len(ids)-1)
+				}
+				for keep > 0 && !utf8.RuneStart(id[keep]) {
+					keep--
+				}
+				return id[:keep] + "..." + more(len(ids)-1)
+			}
+			return b.String() + more(len(ids)-i)
+		}
+		b.WriteString(sep + id)
+	}
+	return b.String()
+}
+
+// more is the ending of a truncated list whose last n items were left out.
+func more(n int) string {
+	if n == 0 {
+		return ""
+	}
+	return fmt.Sprintf(",...(+%d)", n)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // result is the outcome of creating one item.

@@ -1,12 +1,14 @@
 // Command ledgerctl is the command-line client of a Shardledger cluster: it creates and
-// reads accounts and transfers (LedgerService) and shows the cluster and its shard map
+// reads accounts and transfers (LedgerService) and shows the cluster, its shard map, the
+// audit of the double-entry invariants and the cross-shard transactions in doubt
 // (AdminService), speaking the Connect protocol with the binary protobuf codec.
 //
 //	ledgerctl [--addr URL] [--token T] [--timeout 10s] [--json] COMMAND [flags] [args]
 //
 // Global flags may also follow the command. Exit codes: 0 when every item is CREATED or
-// EXISTS (or found), 1 when an item failed or was not found, 2 for usage errors, 3 for
-// RPC errors (the Connect code and message are printed to stderr).
+// EXISTS (or found), 1 when an item failed or was not found or the audit found
+// violations, 2 for usage errors, 3 for RPC errors (the Connect code and message are
+// printed to stderr).
 package main
 
 import (
@@ -60,6 +62,9 @@ func commandList() []command {
 		{"transfer get", "ID [ID...]", transferGet},
 		{"cluster status", "", clusterStatus},
 		{"shardmap", "", shardMap},
+		{"audit", "", audit},
+		{"txn list", "[--limit N]", txnList},
+		{"in-doubt", "[--limit N]  (same as txn list)", txnList},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -40,6 +41,10 @@ type fake struct {
 	lastTransfer    *ledgerv1.Transfer
 	lastConsistency ledgerv1.Consistency
 	lastAuth        string
+	audit           *ledgerv1.AuditResponse // what Audit answers
+	auditErr        error                   // when set, Audit fails with it
+	inDoubt         []*ledgerv1.InDoubtTransaction
+	lastLimit       uint32
 }
 
 func (f *fake) record(h http.Header) {
@@ -103,10 +108,14 @@ func (f *fake) CreateTransfers(ctx context.Context, req *connect.Request[ledgerv
 	for _, t := range req.Msg.GetTransfers() {
 		f.lastTransfer = t
 		r := &ledgerv1.TransferResult{Id: t.GetId(), Status: ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED}
-		if t.GetAmount() > 1000 {
+		switch {
+		case t.GetAmount() > 1000:
 			r.Status = ledgerv1.TransferStatus_TRANSFER_STATUS_INSUFFICIENT_FUNDS
 			r.Message = "not enough money"
-		} else {
+		case t.GetCurrency() == "XTS": // stands for a cross-shard transfer that could not be prepared in time
+			r.Status = ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT
+			r.Message = "participants not prepared in time"
+		default:
 			f.transfers[t.GetId()] = t
 		}
 		resp.Results = append(resp.Results, r)
@@ -154,9 +163,32 @@ func (f *fake) GetShardMap(context.Context, *connect.Request[ledgerv1.GetShardMa
 	}), nil
 }
 
+func (f *fake) Audit(_ context.Context, req *connect.Request[ledgerv1.AuditRequest]) (*connect.Response[ledgerv1.AuditResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record(req.Header())
+	if f.auditErr != nil {
+		return nil, f.auditErr
+	}
+	return connect.NewResponse(proto.CloneOf(f.audit)), nil
+}
+
+// ListInDoubtTransactions answers f.inDoubt, cut to the limit like the router does.
+func (f *fake) ListInDoubtTransactions(_ context.Context, req *connect.Request[ledgerv1.ListInDoubtTransactionsRequest]) (*connect.Response[ledgerv1.ListInDoubtTransactionsResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record(req.Header())
+	f.lastLimit = req.Msg.GetLimit()
+	limit := int(req.Msg.GetLimit())
+	if limit == 0 || limit > 1000 {
+		limit = 1000
+	}
+	return connect.NewResponse(&ledgerv1.ListInDoubtTransactionsResponse{Transactions: f.inDoubt[:min(limit, len(f.inDoubt))]}), nil
+}
+
 func newFake(t *testing.T) (*fake, string) {
 	t.Helper()
-	f := &fake{accounts: map[string]*ledgerv1.Account{}, transfers: map[string]*ledgerv1.Transfer{}}
+	f := &fake{accounts: map[string]*ledgerv1.Account{}, transfers: map[string]*ledgerv1.Transfer{}, audit: &ledgerv1.AuditResponse{Ok: true}}
 	mux := http.NewServeMux()
 	mux.Handle(ledgerv1connect.NewLedgerServiceHandler(f))
 	mux.Handle(ledgerv1connect.NewAdminServiceHandler(f))
@@ -298,6 +330,13 @@ func TestTransferCreate(t *testing.T) {
 		t.Fatalf("sent %v", f.lastTransfer)
 	}
 
+	// A cross-shard transfer whose participants could not be prepared in time failed.
+	code, out, errOut = ledgerctl(t, url, "transfer", "create", "--id", "x1", "--from", "alice", "--to", "bob", "--amount", "5", "--currency", "XTS")
+	wantCode(t, code, exitFailed, out, errOut)
+	if !containsLine(out, "x1 TIMED_OUT participants not prepared in time") {
+		t.Fatalf("output:\n%s", out)
+	}
+
 	// A post needs only its own id and the pending id.
 	code, out, errOut = ledgerctl(t, url, "transfer", "create", "--id", "c1", "--post", "p1")
 	wantCode(t, code, exitOK, out, errOut)
@@ -372,6 +411,222 @@ func TestShardMap(t *testing.T) {
 	}
 }
 
+func TestAudit(t *testing.T) {
+	f, url := newFake(t)
+	f.audit = &ledgerv1.AuditResponse{Ok: true, Accounts: 3, DebitsPosted: 1500, CreditsPosted: 1500,
+		DebitsPending: 30, CreditsPending: 30, PreparedBranches: 2, PendingTransfers: 1, OpenTransactions: 2}
+	code, out, errOut := ledgerctl(t, url, "audit", "--token", "t0k")
+	wantCode(t, code, exitOK, out, errOut)
+	if f.lastAuth != "Bearer t0k" {
+		t.Fatalf("Authorization %q", f.lastAuth)
+	}
+	for _, want := range []string{
+		"audit: ok, no violations",
+		"TOTAL VALUE",
+		"accounts 3",
+		"debits posted 1500",
+		"credits posted 1500",
+		"debits pending 30",
+		"credits pending 30",
+		"prepared branches 2",
+		"pending transfers 1",
+		"open transactions 2",
+		"2 transactions are open now: see `ledgerctl txn list`.",
+	} {
+		if !containsLine(out, want) {
+			t.Errorf("missing line %q in:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(out, "only meaningful at quiescence") || strings.Contains(out, "  - ") {
+		t.Errorf("output:\n%s", out)
+	}
+
+	f.audit = &ledgerv1.AuditResponse{Ok: true}
+	code, out, errOut = ledgerctl(t, url, "audit")
+	wantCode(t, code, exitOK, out, errOut)
+	if !containsLine(out, "No transaction is open now.") || !containsLine(out, "open transactions 0") {
+		t.Errorf("output:\n%s", out)
+	}
+
+	f.audit = &ledgerv1.AuditResponse{Ok: true, Accounts: 7, OpenTransactions: 1}
+	code, out, errOut = ledgerctl(t, url, "--json", "audit")
+	wantCode(t, code, exitOK, out, errOut)
+	var got ledgerv1.AuditResponse
+	if err := protojson.Unmarshal([]byte(out), &got); err != nil || !proto.Equal(&got, f.audit) {
+		t.Fatalf("json %v: %v\n%s", &got, err, out)
+	}
+}
+
+func TestAuditViolations(t *testing.T) {
+	f, url := newFake(t)
+	f.audit = &ledgerv1.AuditResponse{Accounts: 2, DebitsPosted: 1500, CreditsPosted: 1490, OpenTransactions: 1,
+		Violations: []string{
+			"shard 101: debits_pending 30 != pending held 20",
+			"debits_posted 1500 != credits_posted 1490",
+		}}
+	code, out, errOut := ledgerctl(t, url, "audit")
+	wantCode(t, code, exitFailed, out, errOut)
+	for _, want := range []string{
+		"audit: FAILED, 2 violations",
+		"- shard 101: debits_pending 30 != pending held 20",
+		"- debits_posted 1500 != credits_posted 1490",
+		"debits posted 1500",
+		"credits posted 1490",
+		"1 transaction is open now: see `ledgerctl txn list`.",
+	} {
+		if !containsLine(out, want) {
+			t.Errorf("missing line %q in:\n%s", want, out)
+		}
+	}
+	if errOut != "" {
+		t.Errorf("stderr:\n%s", errOut)
+	}
+
+	// Not ok is a failure even without a reason.
+	f.audit = &ledgerv1.AuditResponse{}
+	code, out, errOut = ledgerctl(t, url, "audit")
+	wantCode(t, code, exitFailed, out, errOut)
+	if !containsLine(out, "audit: FAILED (no violation reported)") {
+		t.Errorf("output:\n%s", out)
+	}
+
+	// JSON keeps the exit code.
+	f.audit = &ledgerv1.AuditResponse{Violations: []string{"debits_pending 1 != credits_pending 0"}}
+	code, out, errOut = ledgerctl(t, url, "audit", "--json")
+	wantCode(t, code, exitFailed, out, errOut)
+	if !strings.Contains(out, `"violations"`) || strings.Contains(out, "note:") {
+		t.Errorf("output:\n%s", out)
+	}
+
+	f.auditErr = connect.NewError(connect.CodeUnavailable, errors.New("totals of shard 101: no leader"))
+	code, out, errOut = ledgerctl(t, url, "audit")
+	wantCode(t, code, exitRPC, out, errOut)
+	if !strings.Contains(errOut, "unavailable: totals of shard 101: no leader") || out != "" {
+		t.Fatalf("stdout:\n%s\nstderr:\n%s", out, errOut)
+	}
+}
+
+func TestTxnList(t *testing.T) {
+	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	defer func(old func() time.Time) { timeNow = old }(timeNow)
+	timeNow = func() time.Time { return now }
+	at := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(d)) }
+	var many []string
+	for i := range 20 {
+		many = append(many, fmt.Sprintf("transfer-%02d", i))
+	}
+	long := strings.Repeat("L", 70)
+
+	f, url := newFake(t)
+	f.inDoubt = []*ledgerv1.InDoubtTransaction{
+		{Id: "x1", CoordinatorGroup: 200, BegunAt: at(-1234 * time.Millisecond), ExpiresAt: at(28800 * time.Millisecond),
+			TransferIds: []string{"t1", "t2"}},
+		{Id: "x2", CoordinatorGroup: 201, Decision: ledgerv1.TransactionDecision_TRANSACTION_DECISION_COMMIT,
+			BegunAt: at(-65 * time.Second), TransferIds: []string{"t3"}},
+		{Id: "x3", CoordinatorGroup: 200, Decision: ledgerv1.TransactionDecision_TRANSACTION_DECISION_HOLD,
+			BegunAt: at(-(3*time.Hour + 7*time.Minute + 30*time.Second)), ExpiresAt: at(-3100 * time.Millisecond), TransferIds: many},
+		{Id: "x4", CoordinatorGroup: 202, Decision: ledgerv1.TransactionDecision_TRANSACTION_DECISION_ABORT,
+			BegunAt: at(-50 * time.Hour), TransferIds: []string{long}},
+	}
+	code, out, errOut := ledgerctl(t, url, "txn", "list")
+	wantCode(t, code, exitOK, out, errOut)
+	if f.lastLimit != 0 {
+		t.Fatalf("limit %d sent without --limit", f.lastLimit)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	want := []string{
+		"ID GROUP DECISION AGE EXPIRES TRANSFERS",
+		"x1 200 undecided 1.2s in 28.8s t1,t2",
+		"x2 201 commit 1m5s - t3",
+		"x3 200 hold 3h7m 3.1s ago transfer-00,transfer-01,transfer-02,transfer-03,...(+16)",
+		"x4 202 abort 2d2h - " + long[:57] + "...",
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("want %d lines:\n%s", len(want), out)
+	}
+	for i, w := range want {
+		if got := strings.Join(strings.Fields(lines[i]), " "); got != w {
+			t.Errorf("line %d %q, want %q", i, got, w)
+		}
+	}
+
+	// --limit is passed through; a full page says there may be more. in-doubt is an alias.
+	code, out, errOut = ledgerctl(t, url, "in-doubt", "--limit", "2")
+	wantCode(t, code, exitOK, out, errOut)
+	if f.lastLimit != 2 {
+		t.Fatalf("limit %d sent, want 2", f.lastLimit)
+	}
+	lines = strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 4 || !strings.HasPrefix(lines[2], "x2 ") || lines[3] != "(limit of 2 reached: more transactions may be in doubt)" {
+		t.Fatalf("output:\n%s", out)
+	}
+	code, out, errOut = ledgerctl(t, url, "txn", "list", "--limit", "5")
+	wantCode(t, code, exitOK, out, errOut)
+	if f.lastLimit != 5 || strings.Contains(out, "limit of") {
+		t.Fatalf("limit %d, output:\n%s", f.lastLimit, out)
+	}
+
+	code, out, errOut = ledgerctl(t, url, "--json", "txn", "list", "--limit", "1")
+	wantCode(t, code, exitOK, out, errOut)
+	var got ledgerv1.ListInDoubtTransactionsResponse
+	if err := protojson.Unmarshal([]byte(out), &got); err != nil || len(got.GetTransactions()) != 1 || got.GetTransactions()[0].GetId() != "x1" {
+		t.Fatalf("json %v: %v\n%s", &got, err, out)
+	}
+
+	f.inDoubt = nil
+	for _, args := range [][]string{{"txn", "list"}, {"in-doubt"}} {
+		code, out, errOut = ledgerctl(t, url, args...)
+		wantCode(t, code, exitOK, out, errOut)
+		if out != "no transactions in doubt\n" {
+			t.Fatalf("%q: output %q", args, out)
+		}
+	}
+}
+
+func TestDuration(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{-time.Second, "0.0s"},
+		{0, "0.0s"},
+		{1299 * time.Millisecond, "1.2s"},
+		{59990 * time.Millisecond, "59.9s"},
+		{time.Minute, "1m0s"},
+		{time.Hour - time.Millisecond, "59m59s"},
+		{time.Hour, "1h0m"},
+		{47*time.Hour + 59*time.Minute + 59*time.Second, "47h59m"},
+		{48 * time.Hour, "2d0h"},
+		{100*24*time.Hour + 23*time.Hour, "100d23h"},
+	} {
+		if got := duration(tc.d); got != tc.want {
+			t.Errorf("duration(%v) = %q, want %q", tc.d, got, tc.want)
+		}
+	}
+}
+
+func TestTruncateList(t *testing.T) {
+	for _, tc := range []struct {
+		ids   []string
+		width int
+		want  string
+	}{
+		{nil, 10, ""},
+		{[]string{"a", "b", "c"}, 5, "a,b,c"},
+		{[]string{"a", "b", "c", "d"}, 5, "a,...(+3)"}, // the first id is kept even when the ending overflows
+		{[]string{"aa", "bb", "cc", "dd", "ee"}, 12, "aa,...(+4)"},
+		{[]string{"aa", "bb", "cc", "dd", "ee"}, 13, "aa,bb,...(+3)"},
+		{[]string{"abcdefghij"}, 8, "abcde..."},
+		{[]string{"abcdefghijklmnop", "k"}, 14, "abc...,...(+1)"},
+		{[]string{"ééééé"}, 8, "éé..."}, // not cut inside a rune
+	} {
+		got := truncateList(tc.ids, tc.width)
+		if got != tc.want {
+			t.Errorf("truncateList(%q, %d) = %q, want %q", tc.ids, tc.width, got, tc.want)
+		}
+	}
+}
+
 // containsLine reports whether a line of out equals want, whitespace runs collapsed.
 func containsLine(out, want string) bool {
 	for l := range strings.SplitSeq(out, "\n") {
@@ -408,6 +663,14 @@ func TestUsageErrors(t *testing.T) {
 		{"cluster"},
 		{"cluster", "status", "extra"},
 		{"shardmap", "--timeout", "soon"},
+		{"audit", "extra"},
+		{"audit", "--limit", "3"},
+		{"txn"},
+		{"txn", "show"},
+		{"txn", "list", "extra"},
+		{"txn", "list", "--limit", "-1"},
+		{"txn", "list", "--limit", "lots"},
+		{"in-doubt", "--limit", "4294967296"},
 	} {
 		code, out, errOut := ledgerctl(t, url, args...)
 		if code != exitUsage {
