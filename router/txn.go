@@ -143,8 +143,13 @@ func checkCrossUnit(ts []*ledgerv1.Transfer, u unit) error {
 	if len(u.items) == 1 {
 		return nil
 	}
+	seen := make(map[string]bool, len(u.items))
 	for _, i := range u.items {
 		t := ts[i]
+		if seen[t.GetId()] {
+			return invalid(fmt.Sprintf("transfers[%d].id", i), fmt.Errorf("%q appears twice in one linked chain spanning shards", t.GetId()))
+		}
+		seen[t.GetId()] = true
 		if t.GetPending() || t.GetPostPendingId() != "" || t.GetVoidPendingId() != "" {
 			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
 				"transfer %d: a linked chain spanning shards cannot hold pending transfers, posts or voids (nothing was applied)", i))
