@@ -191,10 +191,16 @@ func (a *Applier) begin(b *raftv1.BeginTxn) (*raftv1.CommandResult, error) {
 	if ts[0].GetId() != b.GetTxnId() {
 		return refuse("txn id %q must be its first transfer's id %q", b.GetTxnId(), ts[0].GetId()), nil
 	}
+	seen := make(map[string]bool, len(ts))
 	for i, t := range ts {
 		if err := ledger.ValidateTransfer(t); err != nil {
 			return refuse("transfer %d: %v", i, err), nil
 		}
+		// One id, one transfer: a repeated id would get branches (and money moved) twice.
+		if seen[t.GetId()] {
+			return refuse("transfer %d: id %q appears twice in the transaction", i, t.GetId()), nil
+		}
+		seen[t.GetId()] = true
 		if t.GetPostPendingId() != "" || t.GetVoidPendingId() != "" {
 			return refuse("transfer %d: posts and voids are not begun as transactions", i), nil
 		}
@@ -293,6 +299,11 @@ func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
 		}
 	case decAbort:
 		rec.Status, rec.Message, rec.FailedIndex = d.GetStatus(), d.GetMessage(), d.GetFailedIndex()
+		switch rec.Status {
+		case ledgerv1.TransferStatus_TRANSFER_STATUS_UNSPECIFIED, stCreated, stExists:
+			// An abort answers a failure, whatever the proposer said.
+			rec.Status = ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT
+		}
 		if rec.FailedIndex < -1 || int(rec.FailedIndex) >= len(rec.Transfers) {
 			rec.FailedIndex = -1
 		}
