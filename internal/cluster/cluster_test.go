@@ -222,7 +222,7 @@ func TestTransfersThroughConnectAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Msg.Groups) != 5 || len(st.Msg.Nodes) != 3 {
+	if len(st.Msg.Groups) != 6 || len(st.Msg.Nodes) != 3 { // meta, 4 shards, 1 coordinator
 		t.Fatalf("status: %v", st.Msg)
 	}
 }
