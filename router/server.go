@@ -13,10 +13,17 @@ import (
 // MessageBytesMax bounds a request message; above it the answer is resource_exhausted.
 const MessageBytesMax = 8 << 20
 
+// CompressMinBytes: smaller responses are sent uncompressed.
+const CompressMinBytes = 8 << 10
+
 // Handler serves LedgerService, AdminService, gRPC health and reflection on one mux
 // (Connect, gRPC and gRPC-Web).
 func (r *Router) Handler(extra ...connect.HandlerOption) http.Handler {
-	opts := append([]connect.HandlerOption{connect.WithReadMaxBytes(MessageBytesMax)}, extra...)
+	opts := append([]connect.HandlerOption{
+		connect.WithReadMaxBytes(MessageBytesMax),
+		// Compressing small answers costs more CPU than it saves on the wire.
+		connect.WithCompressMinBytes(CompressMinBytes),
+	}, extra...)
 	mux := http.NewServeMux()
 	mux.Handle(ledgerv1connect.NewLedgerServiceHandler(r, opts...))
 	mux.Handle(ledgerv1connect.NewAdminServiceHandler(r.Admin(), opts...))

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strconv"
@@ -69,8 +70,10 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	listen := fs.String("listen", "localhost:8080", "public API address")
 	portBase := fs.Int("raft-port-base", 63001, "raft ports of the three nodes start here (loopback)")
 	shards := fs.Int("shards", 4, "account shards (fixed when the data dir is created)")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (debugging)")
 	_ = fs.Parse(args)
 	node.QuietDragonboat()
+	servePprof(log, *pprofAddr)
 
 	addrs := make([]string, 3)
 	for i := range addrs {
@@ -100,6 +103,21 @@ Try:
     -d '{"transfers":[{"id":"t1","debitAccountId":"alice","creditAccountId":"bob","amount":"100","currency":"USD"}]}'
   curl -s http://%[3]s/ledger.v1.LedgerService/GetAccounts -H 'Content-Type: application/json' -d '{"ids":["alice","bob"]}'
 `, *shards, *dataDir, ln.Addr().String()))
+}
+
+// servePprof serves the Go profiler on its own address when asked to.
+func servePprof(log *slog.Logger, addr string) {
+	if addr == "" {
+		return
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	go func() {
+		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		log.Info("pprof", "addr", addr, "err", srv.ListenAndServe())
+	}()
 }
 
 func serve(ctx context.Context, log *slog.Logger, ln net.Listener, r *router.Router, banner string) error {
