@@ -347,3 +347,81 @@ func TestPendingExpiresWhileCoordinatorLeaderDown(t *testing.T) {
 	}
 	waitConverged(t, fc.Local)
 }
+
+// TestParticipantInquiryAbortsUndecided holds every coordinator driver before its
+// decision: the participants' resolver finds its branches prepared too long, asks the
+// coordinator, which logs an abort first; when the drivers are let go, their late
+// decisions cannot contradict it.
+func TestParticipantInquiryAbortsUndecided(t *testing.T) {
+	release := make(chan struct{})
+	var held atomic.Int64
+	fc := startFaultCluster(t, func(c *Config) {
+		c.AgentsFor = func(uint64) AgentOptions {
+			return AgentOptions{
+				Driver: coordinator.DriverOptions{Tick: 10 * time.Millisecond, Hooks: coordinator.Hooks{
+					BeforeDecide: func(ctx context.Context, _ string) {
+						held.Add(1)
+						select {
+						case <-release:
+						case <-ctx.Done():
+						}
+					}}},
+				Resolver: coordinator.ResolverOptions{InquireAfter: time.Second, Interval: 100 * time.Millisecond},
+			}
+		}
+	})
+	a, b := idsOnShard("inq-a", 1, 1)[0], idsOnShard("inq-b", 3, 1)[0]
+	createAccounts(t, fc.client, []string{a, b}, false)
+	res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+		Transfers: []*ledgerv1.Transfer{transfer("inq-1", a, b, 9)}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := res.Msg.Results[0].Status; s != ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT {
+		t.Fatalf("want TIMED_OUT (aborted on a participant's inquiry), got %v %s", s, res.Msg.Results[0].Message)
+	}
+	if held.Load() == 0 {
+		t.Fatal("the driver never reached its decision point")
+	}
+	close(release)
+	waitQuiescent(t, fc.testCluster)
+	accs := getAccounts(t, fc.client, []string{a, b})
+	if accs[a].DebitsPosted != 0 || accs[a].DebitsPending != 0 || accs[b].CreditsPosted != 0 || accs[b].CreditsPending != 0 {
+		t.Fatalf("an aborted transfer moved money: %v %v", accs[a], accs[b])
+	}
+	res, err = fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+		Transfers: []*ledgerv1.Transfer{transfer("inq-1", a, b, 9)}}))
+	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT {
+		t.Fatalf("retry must keep the outcome: %v %v", res, err)
+	}
+}
+
+// TestIntraShardPendingExpiresByItself: nobody touches an expired intra-shard pending
+// transfer; the shard leader's resolver releases it.
+func TestIntraShardPendingExpiresByItself(t *testing.T) {
+	fc := startFaultCluster(t, nil)
+	ids := idsOnShard("ipe", 2, 2)
+	createAccounts(t, fc.client, ids, false)
+	p := transfer("ipe-1", ids[0], ids[1], 12)
+	p.Pending, p.TimeoutSeconds = true, 1
+	res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{p}}))
+	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED {
+		t.Fatalf("pending: %v %v", res, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		gt, err := fc.client.GetTransfers(context.Background(), connect.NewRequest(&ledgerv1.GetTransfersRequest{Ids: []string{"ipe-1"}}))
+		if err == nil && len(gt.Msg.Transfers) == 1 && gt.Msg.Transfers[0].State == ledgerv1.TransferState_TRANSFER_STATE_EXPIRED {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pending transfer not expired: %v %v", gt, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	accs := getAccounts(t, fc.client, ids)
+	if accs[ids[0]].DebitsPending != 0 || accs[ids[1]].CreditsPending != 0 {
+		t.Fatalf("reservation not released: %v %v", accs[ids[0]], accs[ids[1]])
+	}
+	waitQuiescent(t, fc.testCluster)
+}
