@@ -34,6 +34,12 @@ type Backend interface {
 
 var _ Backend = (*node.Node)(nil)
 
+// DecisionWaiter is what a backend may offer to tell the router when its local replica
+// applies a transaction's decision (instead of polling).
+type DecisionWaiter interface {
+	WaitDecision(txnID string) (<-chan *raftv1.TxnRecord, func())
+}
+
 // Options bound the router's work.
 type Options struct {
 	// ProposalTimeout bounds one raft proposal or read.

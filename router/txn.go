@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -183,6 +184,15 @@ func (r *Router) runTxn(ctx context.Context, m *raftv1.ShardMap, chain []*ledger
 		return res.Transfers, nil
 	}
 	group := coordinator.GroupOf(first.GetId(), m.CoordinatorGroups)
+	// Register for the decision before proposing, so the wake-up cannot be missed.
+	var wake <-chan *raftv1.TxnRecord
+	if _, b := r.backend(group); b != nil {
+		if w, ok := b.(DecisionWaiter); ok {
+			ch, cancel := w.WaitDecision(first.GetId())
+			defer cancel()
+			wake = ch
+		}
+	}
 	begin := &raftv1.BeginTxn{TxnId: first.GetId(), Transfers: chain}
 	res, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_BeginTxn{BeginTxn: begin}}, len(chain))
 	if err != nil {
@@ -194,7 +204,7 @@ func (r *Router) runTxn(ctx context.Context, m *raftv1.ShardMap, chain []*ledger
 	if res.Refusal != raftv1.Refusal_REFUSAL_UNSPECIFIED || res.Txn == nil {
 		return nil, fmt.Errorf("coordinator refused the transaction: %s", res.Message)
 	}
-	rec, err := r.waitDecided(ctx, group, res.Txn)
+	rec, err := r.waitDecided(ctx, group, res.Txn, wake)
 	if err != nil {
 		return nil, err
 	}
@@ -206,13 +216,29 @@ func (r *Router) runTxn(ctx context.Context, m *raftv1.ShardMap, chain []*ledger
 	return coordinator.Outcome(rec, res.Existed), nil
 }
 
-// waitDecided waits until the transaction's decision is applied. A decision seen on any
-// replica is committed, so stale reads of the local replica are enough.
-func (r *Router) waitDecided(ctx context.Context, group uint64, rec *raftv1.TxnRecord) (*raftv1.TxnRecord, error) {
+// waitDecided waits until the transaction's decision is applied: woken by the local
+// replica's apply hook when the backend offers one, and polling (stale reads: a decision
+// seen on any replica is committed) in any case, in case the decision was applied
+// elsewhere first.
+func (r *Router) waitDecided(ctx context.Context, group uint64, rec *raftv1.TxnRecord, wake <-chan *raftv1.TxnRecord) (*raftv1.TxnRecord, error) {
 	q := &raftv1.Query{Op: &raftv1.Query_Txns{Txns: &raftv1.IdList{Ids: []string{rec.TxnId}}}}
+	poll := r.opts.DecisionPollMax
+	if wake == nil {
+		poll = min(poll, 2*time.Millisecond)
+	}
 	for attempt := 0; !coordinator.Decided(rec); attempt++ {
-		if err := sleep(ctx, min(backoff(attempt)/4, r.opts.DecisionPollMax)); err != nil {
-			return nil, fmt.Errorf("waiting for the decision of %q: %w", rec.TxnId, err)
+		t := time.NewTimer(min(time.Millisecond<<min(attempt, 6), poll))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("waiting for the decision of %q: %w", rec.TxnId, ctx.Err())
+		case d := <-wake:
+			t.Stop()
+			if d != nil && d.TxnId == rec.TxnId {
+				rec = d
+				continue
+			}
+		case <-t.C:
 		}
 		res, err := r.Query(ctx, group, q, true)
 		if err != nil {
