@@ -21,11 +21,7 @@ var _ coordinator.Cluster = (*Router)(nil)
 
 // Propose runs one command on a group with retries (commands are idempotent).
 func (r *Router) Propose(ctx context.Context, group uint64, cmd *raftv1.Command) (*raftv1.CommandResult, error) {
-	size := 1
-	if b := cmd.GetBeginTxn(); b != nil {
-		size = len(b.GetTransfers())
-	}
-	return r.exec(ctx, group, cmd, size)
+	return r.exec(ctx, group, cmd, commandSize(cmd))
 }
 
 // Query reads a group.
@@ -249,4 +245,22 @@ func (r *Router) waitDecided(ctx context.Context, group uint64, rec *raftv1.TxnR
 		}
 	}
 	return rec, nil
+}
+
+// commandSize is the number of items a command carries (what BatchItemsMax counts).
+func commandSize(cmd *raftv1.Command) int {
+	n := 1
+	switch op := cmd.GetOp().(type) {
+	case *raftv1.Command_BeginTxn:
+		n = len(op.BeginTxn.GetTransfers())
+	case *raftv1.Command_CreateTransfers:
+		n = len(op.CreateTransfers.GetTransfers())
+	case *raftv1.Command_CreateAccounts:
+		n = len(op.CreateAccounts.GetAccounts())
+	case *raftv1.Command_Prepare:
+		n = len(op.Prepare.GetBranches())
+	case *raftv1.Command_Resolve:
+		n = len(op.Resolve.GetBranches())
+	}
+	return max(n, 1)
 }
