@@ -68,3 +68,6 @@ func EventKey(seq uint64) []byte { return eventKey(seq) }
 func preparedKey(branchKey []byte) []byte { return append([]byte{prefixPrepared}, branchKey...) }
 
 func pendingKey(transferKey []byte) []byte { return append([]byte{prefixPending}, transferKey...) }
+
+// IsAccountKey tells whether a stored key holds an account.
+func IsAccountKey(key []byte) bool { return len(key) > 0 && key[0] == prefixAccount }

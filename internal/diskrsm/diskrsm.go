@@ -32,6 +32,9 @@ type Applier interface {
 type Core struct {
 	NewApplier func(ledger.Reader) (Applier, error)
 	Read       func(*kvstore.Store, *raftv1.Query) (*raftv1.QueryResult, error)
+	// CacheEager, when set, names keys the apply cache keeps as soon as they are written
+	// (records that are read again soon, such as accounts).
+	CacheEager func(key []byte) bool
 	// OnApplied, when set, sees every result once its batch is committed (a thin edge
 	// for drivers that must react to applied entries; it must not block).
 	OnApplied func(shardID uint64, results []*raftv1.BatchResult)
@@ -43,6 +46,7 @@ type StateMachine struct {
 	dir     string
 	core    Core
 	store   *kvstore.Store
+	cache   *applyCache // apply path only
 }
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
@@ -78,7 +82,10 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if len(entries) == 0 {
 		return entries, nil
 	}
-	a, err := s.core.NewApplier(s.store)
+	if s.cache == nil {
+		s.cache = newApplyCache(s.store, s.core.CacheEager)
+	}
+	a, err := s.core.NewApplier(s.cache)
 	if err != nil {
 		return nil, err
 	}
@@ -100,9 +107,12 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 			all = append(all, res)
 		}
 	}
-	if err := s.store.Commit(a.Overlay(), entries[len(entries)-1].Index); err != nil {
+	ov := a.Overlay()
+	if err := s.store.Commit(ov, entries[len(entries)-1].Index); err != nil {
+		s.cache.clear()
 		return nil, err
 	}
+	s.cache.committed(ov)
 	if s.core.OnApplied != nil {
 		s.core.OnApplied(s.shardID, all)
 	}
@@ -167,6 +177,9 @@ func (s *StateMachine) SaveSnapshot(ctx interface{}, w io.Writer, done <-chan st
 
 // RecoverFromSnapshot replaces the whole state with the snapshot's.
 func (s *StateMachine) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
+	if s.cache != nil {
+		s.cache.clear()
+	}
 	return snapshotErr(s.store.Recover(r, done))
 }
 
