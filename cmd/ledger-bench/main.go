@@ -1,150 +1,252 @@
-// Command ledger-bench drives load through the public Connect API and reports
-// transfers/s and latency. This is the quick closed-loop driver; the full benchmark
-// (baselines, open loop, skew, charts) builds on it.
+// Command ledger-bench measures Shardledger's transfer throughput and latency through
+// its public Connect API, side by side with the raw consensus engine and PostgreSQL.
+//
+//	ledger-bench run   one workload on one target (a started dev/multi cluster, a running
+//	                   cluster at --addr, the engine ceiling, or PostgreSQL)
+//	ledger-bench suite everything, one target at a time; writes RESULTS.md, results.json
+//	                   and SVG charts
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
-	"math/rand/v2"
-	"net/http"
 	"os"
-	"slices"
-	"sync"
-	"sync/atomic"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
-	"connectrpc.com/connect"
-
-	"github.com/shardledger/shardledger/ledger"
-	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
-	"github.com/shardledger/shardledger/proto/gen/ledger/v1/ledgerv1connect"
+	"github.com/shardledger/shardledger/bench"
+	"github.com/shardledger/shardledger/internal/node"
 )
 
 func main() {
-	addr := flag.String("addr", "http://localhost:8080", "API address")
-	accounts := flag.Int("accounts", 10_000, "accounts to create")
-	concurrency := flag.Int("concurrency", 64, "concurrent requests")
-	batch := flag.Int("batch", 1, "transfers per request")
-	duration := flag.Duration("duration", 10*time.Second, "measured duration")
-	warmup := flag.Duration("warmup", 2*time.Second, "warm-up before measuring")
-	cross := flag.Float64("cross", 0, "fraction of transfers whose accounts live on different shards (0-1)")
-	flag.Parse()
-	if *cross < 0 || *cross > 1 {
-		fmt.Fprintln(os.Stderr, "ledger-bench: --cross must be within 0-1")
+	if len(os.Args) < 2 {
+		usage()
 		os.Exit(2)
 	}
-	if err := run(*addr, *accounts, *concurrency, *batch, *duration, *warmup, *cross); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	node.QuietDragonboat()
+	var err error
+	switch os.Args[1] {
+	case "run":
+		err = runOne(ctx, os.Args[2:])
+	case "suite":
+		err = runSuite(ctx, os.Args[2:])
+	case "-h", "--help", "help":
+		usage()
+		return
+	default:
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "ledger-bench:", err)
 		os.Exit(1)
 	}
 }
 
-func run(addr string, nAccounts, concurrency, batch int, duration, warmup time.Duration, cross float64) error {
-	ctx := context.Background()
-	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: concurrency * 2}}
-	c := ledgerv1connect.NewLedgerServiceClient(hc, addr)
-	admin := ledgerv1connect.NewAdminServiceClient(hc, addr)
-	sm, err := admin.GetShardMap(ctx, connect.NewRequest(&ledgerv1.GetShardMapRequest{}))
+func usage() {
+	fmt.Fprint(os.Stderr, `usage:
+  ledger-bench run   [--target dev|multi|engine|postgres] [--addr URL] [--ledgerd PATH]
+                     [--accounts N] [--cross R] [--zipf S] [--batch N] [--concurrency N]
+                     [--rate REQ/S] [--duration D] [--warmup D] [--json FILE]
+  ledger-bench suite [--out DIR] [--quick] [--mode dev|multi] [--ledgerd PATH] [--accounts N]
+                     [--big-accounts N] [--concurrency N] [--batch N] [--batch-concurrency N]
+                     [--duration D] [--warmup D] [--skip-postgres] [--skip-engine]
+`)
+}
+
+// ledgerd returns the binary to start: the flag's, or one built from this module.
+func ledgerd(ctx context.Context, path string) (string, func(), error) {
+	if path != "" {
+		return path, func() {}, nil
+	}
+	dir, err := os.MkdirTemp("", "ledger-bench-bin-*")
 	if err != nil {
-		return fmt.Errorf("shard map: %w", err)
+		return "", nil, err
 	}
-	slotShard := make([]uint64, sm.Msg.SlotCount)
-	for _, r := range sm.Msg.Ranges {
-		for s := r.Start; s < r.End; s++ {
-			slotShard[s] = r.ShardId
+	cleanup := func() { os.RemoveAll(dir) }
+	mod, err := moduleDir()
+	if err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	fmt.Fprintln(os.Stderr, "building ledgerd ...")
+	bin, err := bench.BuildLedgerd(ctx, mod, dir)
+	if err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return bin, cleanup, nil
+}
+
+// moduleDir finds the module root from the working directory.
+func moduleDir() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no go.mod above %s: pass --ledgerd", dir)
 		}
 	}
-	run := time.Now().UnixNano()
-	byShard := map[uint64][]string{}
-	var all []*ledgerv1.Account
-	for i := 0; i < nAccounts; i++ {
-		id := fmt.Sprintf("b%d-%d", run, i)
-		all = append(all, &ledgerv1.Account{Id: id, Currency: "USD"})
-		sh := slotShard[ledger.SlotOf(id, sm.Msg.SlotCount)]
-		byShard[sh] = append(byShard[sh], id)
-	}
-	for i := 0; i < len(all); i += 5000 {
-		j := min(i+5000, len(all))
-		if _, err := c.CreateAccounts(ctx, connect.NewRequest(&ledgerv1.CreateAccountsRequest{Accounts: all[i:j]})); err != nil {
-			return fmt.Errorf("create accounts: %w", err)
-		}
-	}
-	var shards [][]string
-	for _, ids := range byShard {
-		if len(ids) >= 2 {
-			shards = append(shards, ids)
-		}
+}
+
+func runOne(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	target := fs.String("target", "dev", "dev, multi (start a ledger cluster), engine, postgres; ignored with --addr")
+	addr := fs.String("addr", "", "a running ledger's API address (e.g. http://localhost:8080)")
+	bin := fs.String("ledgerd", "", "ledgerd binary (default: build ./cmd/ledgerd)")
+	w := bench.Workload{}
+	fs.IntVar(&w.Accounts, "accounts", 10_000, "accounts (up to 10,000,000)")
+	fs.Float64Var(&w.CrossRatio, "cross", 0, "cross-shard fraction 0-1")
+	fs.Float64Var(&w.Zipf, "zipf", 0, "Zipf skew exponent (> 1; 0: uniform)")
+	fs.IntVar(&w.Batch, "batch", 1, "transfers per request (1-8000)")
+	fs.IntVar(&w.Concurrency, "concurrency", 64, "concurrent requests (closed loop) or outstanding cap (open loop)")
+	fs.Float64Var(&w.Rate, "rate", 0, "open loop: requests per second (0: closed loop)")
+	fs.DurationVar(&w.Duration, "duration", 20*time.Second, "measured duration")
+	fs.DurationVar(&w.Warmup, "warmup", 3*time.Second, "warm-up")
+	fs.Uint64Var(&w.Seed, "seed", 1, "workload seed")
+	jsonOut := fs.String("json", "", "write the result as JSON to this file")
+	_ = fs.Parse(args)
+	if err := w.Validate(); err != nil {
+		return err
 	}
 	var (
-		seq       atomic.Int64
-		done      atomic.Int64
-		errs      atomic.Int64
-		measuring atomic.Bool
-		stop      atomic.Bool
-		mu        sync.Mutex
-		lat       []time.Duration
-		wg        sync.WaitGroup
+		t       bench.Target
+		shardOf = func(string) uint64 { return 1 }
 	)
-	for w := 0; w < concurrency; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), uint64(run)))
-			var local []time.Duration
-			for !stop.Load() {
-				req := &ledgerv1.CreateTransfersRequest{}
-				for k := 0; k < batch; k++ {
-					si := rng.IntN(len(shards))
-					ids := shards[si]
-					d := ids[rng.IntN(len(ids))]
-					var c string
-					if len(shards) > 1 && rng.Float64() < cross {
-						sj := (si + 1 + rng.IntN(len(shards)-1)) % len(shards)
-						c = shards[sj][rng.IntN(len(shards[sj]))]
-					} else {
-						for c = d; c == d; {
-							c = ids[rng.IntN(len(ids))]
-						}
-					}
-					req.Transfers = append(req.Transfers, &ledgerv1.Transfer{Id: fmt.Sprintf("t%d-%d", run, seq.Add(1)),
-						DebitAccountId: d, CreditAccountId: c, Amount: 1, Currency: "USD"})
-				}
-				t0 := time.Now()
-				_, err := c.CreateTransfers(ctx, connect.NewRequest(req))
-				if !measuring.Load() {
-					continue
-				}
-				if err != nil {
-					errs.Add(1)
-					continue
-				}
-				local = append(local, time.Since(t0))
-				done.Add(int64(batch))
-			}
-			mu.Lock()
-			lat = append(lat, local...)
-			mu.Unlock()
-		}()
-	}
-	time.Sleep(warmup)
-	measuring.Store(true)
-	t0 := time.Now()
-	time.Sleep(duration)
-	measuring.Store(false)
-	elapsed := time.Since(t0)
-	stop.Store(true)
-	wg.Wait()
-	slices.Sort(lat)
-	q := func(p float64) time.Duration {
-		if len(lat) == 0 {
-			return 0
+	switch {
+	case *addr != "":
+		l, err := bench.StartLedger(ctx, bench.LedgerOptions{Addr: *addr})
+		if err != nil {
+			return err
 		}
-		return lat[min(len(lat)-1, int(p*float64(len(lat))))]
+		t, shardOf = l, l.ShardOf
+	case *target == "dev" || *target == "multi":
+		b, cleanup, err := ledgerd(ctx, *bin)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		l, err := bench.StartLedger(ctx, bench.LedgerOptions{Mode: *target, Binary: b})
+		if err != nil {
+			return err
+		}
+		t, shardOf = l, l.ShardOf
+	case *target == "engine":
+		e, err := bench.StartEngine(ctx, bench.EngineOptions{RTTMillisecond: 20})
+		if err != nil {
+			return err
+		}
+		t = e
+		shardOf = func(id string) uint64 { return uint64(len(id))%4 + 1 } // spread over the engine's groups
+	case *target == "postgres":
+		pg, err := bench.StartPostgres(ctx, bench.PostgresOptions{Concurrency: w.Concurrency})
+		if err != nil {
+			return err
+		}
+		t = pg
+	default:
+		return fmt.Errorf("unknown target %q", *target)
 	}
-	fmt.Printf("transfers (%.0f%% cross-shard): %d in %.1fs = %.0f transfers/s (concurrency %d, %d per request, %d accounts, %d errors)\n",
-		cross*100, done.Load(), elapsed.Seconds(), float64(done.Load())/elapsed.Seconds(), concurrency, batch, nAccounts, errs.Load())
-	fmt.Printf("request latency: p50 %v p90 %v p99 %v max %v\n", q(0.5), q(0.9), q(0.99), q(1))
+	defer t.Close()
+	pop := bench.NewPopulation(w.Accounts, "acct", shardOf, w.Seed)
+	fmt.Fprintf(os.Stderr, "creating %d accounts on %s ...\n", w.Accounts, t.Name())
+	if err := t.Setup(ctx, pop); err != nil {
+		return err
+	}
+	res, err := bench.Run(ctx, "run", w, pop, t, os.Stderr)
+	if res != nil {
+		rep := &bench.Report{Title: "ledger-bench run", Command: "ledger-bench run " + strings.Join(args, " "), Results: []*bench.Result{res}}
+		fmt.Print(rep.Markdown())
+		if *jsonOut != "" {
+			f, ferr := os.Create(*jsonOut)
+			if ferr != nil {
+				return ferr
+			}
+			defer f.Close()
+			enc := json.NewEncoder(f)
+			enc.SetIndent("", "  ")
+			if ferr := enc.Encode(res); ferr != nil {
+				return ferr
+			}
+		}
+	}
+	return err
+}
+
+func runSuite(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("suite", flag.ExitOnError)
+	out := fs.String("out", "bench", "where RESULTS.md, results.json and the charts go")
+	quick := fs.Bool("quick", false, "short runs, small populations (a smoke run)")
+	o := bench.SuiteOptions{}
+	fs.StringVar(&o.Ledgerd, "ledgerd", "", "ledgerd binary (default: build ./cmd/ledgerd)")
+	fs.StringVar(&o.Mode, "mode", "dev", "ledger cluster: dev (3 nodes, one process) or multi (3 processes)")
+	fs.IntVar(&o.Accounts, "accounts", 10_000, "accounts of the main runs")
+	fs.IntVar(&o.BigAccounts, "big-accounts", 10_000_000, "accounts of the large-population run (0: skip)")
+	fs.IntVar(&o.Concurrency, "concurrency", 64, "concurrent single-transfer requests")
+	fs.IntVar(&o.Batch, "batch", 1000, "transfers per batched request")
+	fs.IntVar(&o.BatchConcurrency, "batch-concurrency", 4, "concurrent batched requests")
+	fs.DurationVar(&o.Duration, "duration", 20*time.Second, "measured duration of each run")
+	fs.DurationVar(&o.Warmup, "warmup", 3*time.Second, "warm-up of each run")
+	fs.BoolVar(&o.SkipPostgres, "skip-postgres", false, "do not run the PostgreSQL baseline")
+	fs.BoolVar(&o.SkipEngine, "skip-engine", false, "do not run the engine ceiling")
+	_ = fs.Parse(args)
+	if *quick {
+		o.Duration, o.Warmup, o.Accounts, o.BigAccounts, o.Batch = 3*time.Second, time.Second, 2_000, 20_000, 200
+		o.CrossSweep, o.LoadFractions = []float64{0.5}, []float64{0.5}
+	}
+	o.Command = "go run ./cmd/ledger-bench suite " + strings.Join(args, " ")
+	o.Progress = os.Stderr
+	bin, cleanup, err := ledgerd(ctx, o.Ledgerd)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	o.Ledgerd = bin
+	rep, err := bench.Suite(ctx, o)
+	if rep != nil {
+		if werr := writeReport(*out, rep); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return err
+}
+
+func writeReport(dir string, rep *bench.Report) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	md := rep.Markdown() + "\n![throughput vs cross-shard ratio](throughput_vs_cross.svg)\n\n![latency vs offered load](latency_vs_load.svg)\n"
+	files := map[string]string{
+		"RESULTS.md":              md,
+		"throughput_vs_cross.svg": bench.ThroughputVsCrossSVG(rep.Results),
+		"latency_vs_load.svg":     bench.LatencyVsLoadSVG(rep.Results),
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			return err
+		}
+	}
+	f, err := os.Create(filepath.Join(dir, "results.json"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := rep.WriteJSON(f); err != nil {
+		return err
+	}
+	fmt.Fprint(os.Stdout, md)
+	fmt.Fprintf(os.Stderr, "wrote %s\n", filepath.Join(dir, "RESULTS.md"))
 	return nil
 }

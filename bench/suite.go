@@ -1,0 +1,267 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// SuiteOptions shape the side-by-side run: the engine ceiling, PostgreSQL and the ledger
+// (0 % and 100 % cross-shard, single transfers and batches, a cross-shard sweep, open-loop
+// latency against offered load, and a large account count), one target at a time.
+type SuiteOptions struct {
+	// Ledgerd is the ledgerd binary (BuildLedgerd makes one).
+	Ledgerd string
+	// Mode of the ledger cluster: "dev" (3 nodes in one process) or "multi".
+	Mode             string
+	Accounts         int
+	BigAccounts      int // 0: skip the large-population run
+	Concurrency      int
+	Batch            int
+	BatchConcurrency int
+	Duration, Warmup time.Duration
+	// CrossSweep are the cross-shard ratios of the sweep (0 and 1 always run).
+	CrossSweep []float64
+	// LoadFractions of the cross-shard peak for the open-loop latency runs.
+	LoadFractions []float64
+	SkipPostgres  bool
+	SkipEngine    bool
+	Seed          uint64
+	Command       string
+	Progress      io.Writer
+}
+
+// Result names the suite produces.
+const (
+	EngineSingle       = "engine-single"
+	EngineBatched      = "engine-batched"
+	PostgresSingle     = "postgres-single"
+	PostgresBatched    = "postgres-batched"
+	LedgerIntraSingle  = "ledger-intra-single"
+	LedgerCrossSingle  = "ledger-cross-single"
+	LedgerIntraBatched = "ledger-intra-batched"
+	LedgerCrossBatched = "ledger-cross-batched"
+	LedgerIntraBig     = "ledger-intra-single-big"
+)
+
+func (o *SuiteOptions) defaults() {
+	if o.Mode == "" {
+		o.Mode = "dev"
+	}
+	if o.Accounts == 0 {
+		o.Accounts = 10_000
+	}
+	if o.Concurrency == 0 {
+		o.Concurrency = 64
+	}
+	if o.Batch == 0 {
+		o.Batch = 1000
+	}
+	if o.BatchConcurrency == 0 {
+		o.BatchConcurrency = 4
+	}
+	if o.Duration == 0 {
+		o.Duration = 20 * time.Second
+	}
+	if o.Warmup == 0 {
+		o.Warmup = 3 * time.Second
+	}
+	if o.CrossSweep == nil {
+		o.CrossSweep = []float64{0.25, 0.5, 0.75}
+	}
+	if o.LoadFractions == nil {
+		o.LoadFractions = []float64{0.25, 0.5, 0.75, 1}
+	}
+	if o.Seed == 0 {
+		o.Seed = 1
+	}
+}
+
+func (o *SuiteOptions) workload(accounts int, cross float64, batch, conc int, rate float64) Workload {
+	return Workload{Accounts: accounts, CrossRatio: cross, Batch: batch, Concurrency: conc, Rate: rate,
+		Duration: o.Duration, Warmup: o.Warmup, Seed: o.Seed}
+}
+
+// BuildLedgerd builds cmd/ledgerd of the module in moduleDir into dir.
+func BuildLedgerd(ctx context.Context, moduleDir, dir string) (string, error) {
+	bin := filepath.Join(dir, "ledgerd")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/ledgerd")
+	cmd.Dir = moduleDir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build ledgerd: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// Suite runs everything and returns the report (with ratios against the targets of the
+// benchmark issue). A target that cannot run (PostgreSQL not installed) is noted.
+func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
+	o.defaults()
+	rep := &Report{Machine: machine(), Command: o.Command, Started: time.Now().UTC()}
+	add := func(r *Result, err error) error {
+		if r != nil {
+			rep.Results = append(rep.Results, r)
+		}
+		return err
+	}
+	// The ledger first: its shard map places the population every target replays.
+	l, err := StartLedger(ctx, LedgerOptions{Mode: o.Mode, Binary: o.Ledgerd})
+	if err != nil {
+		return nil, err
+	}
+	pop := NewPopulation(o.Accounts, "acct", l.ShardOf, o.Seed)
+	if err := l.Setup(ctx, pop); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("ledger setup: %w", err)
+	}
+	runs := []struct {
+		name               string
+		cross              float64
+		batch, concurrency int
+	}{
+		{LedgerIntraSingle, 0, 1, o.Concurrency},
+		{LedgerCrossSingle, 1, 1, o.Concurrency},
+		{LedgerIntraBatched, 0, o.Batch, o.BatchConcurrency},
+		{LedgerCrossBatched, 1, o.Batch, o.BatchConcurrency},
+	}
+	for _, c := range o.CrossSweep {
+		runs = append(runs, struct {
+			name               string
+			cross              float64
+			batch, concurrency int
+		}{fmt.Sprintf("ledger-cross-%02.0f", c*100), c, 1, o.Concurrency})
+	}
+	for _, r := range runs {
+		if err := add(Run(ctx, r.name, o.workload(o.Accounts, r.cross, r.batch, r.concurrency, 0), pop, l, o.Progress)); err != nil {
+			l.Close()
+			return rep, err
+		}
+	}
+	// Open loop: latency against offered load, as fractions of the cross-shard peak.
+	if peak := rep.Result(LedgerCrossSingle); peak != nil && peak.TransfersPerSec > 0 {
+		for _, f := range o.LoadFractions {
+			name := fmt.Sprintf("ledger-cross-open-%03.0f", f*100)
+			w := o.workload(o.Accounts, 1, 1, ConcurrencyMax/2, peak.TransfersPerSec*f)
+			if err := add(Run(ctx, name, w, pop, l, o.Progress)); err != nil {
+				l.Close()
+				return rep, err
+			}
+		}
+	}
+	l.Close()
+
+	if o.BigAccounts > 0 {
+		if err := suiteBig(ctx, o, rep); err != nil {
+			return rep, err
+		}
+	}
+	if !o.SkipEngine {
+		e, err := StartEngine(ctx, EngineOptions{RTTMillisecond: 20})
+		if err != nil {
+			return rep, fmt.Errorf("engine: %w", err)
+		}
+		if err := e.Setup(ctx, pop); err == nil {
+			err = add(Run(ctx, EngineSingle, o.workload(o.Accounts, 0, 1, o.Concurrency, 0), pop, e, o.Progress))
+			if err == nil {
+				err = add(Run(ctx, EngineBatched, o.workload(o.Accounts, 0, o.Batch, o.BatchConcurrency, 0), pop, e, o.Progress))
+			}
+		}
+		e.Close()
+		if err != nil {
+			return rep, err
+		}
+	}
+	if !o.SkipPostgres {
+		if err := suitePostgres(ctx, o, rep, pop); err != nil {
+			rep.AddNote("PostgreSQL baseline not run: %v", err)
+		}
+	}
+	addRatios(rep)
+	return rep, nil
+}
+
+func suiteBig(ctx context.Context, o SuiteOptions, rep *Report) error {
+	l, err := StartLedger(ctx, LedgerOptions{Mode: o.Mode, Binary: o.Ledgerd})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	pop := NewPopulation(o.BigAccounts, "big", l.ShardOf, o.Seed)
+	t0 := time.Now()
+	if err := l.Setup(ctx, pop); err != nil {
+		return fmt.Errorf("ledger setup of %d accounts: %w", o.BigAccounts, err)
+	}
+	rep.AddNote("creating %d accounts took %v", o.BigAccounts, time.Since(t0).Round(time.Second))
+	r, err := Run(ctx, LedgerIntraBig, o.workload(o.BigAccounts, 0, 1, o.Concurrency, 0), pop, l, o.Progress)
+	if r != nil {
+		rep.Results = append(rep.Results, r)
+	}
+	return err
+}
+
+func suitePostgres(ctx context.Context, o SuiteOptions, rep *Report, pop *Population) error {
+	pg, err := StartPostgres(ctx, PostgresOptions{Concurrency: max(o.Concurrency, o.BatchConcurrency)})
+	if err != nil {
+		return err
+	}
+	defer pg.Close()
+	if err := pg.Setup(ctx, pop); err != nil {
+		return err
+	}
+	for _, r := range []struct {
+		name               string
+		batch, concurrency int
+	}{{PostgresSingle, 1, o.Concurrency}, {PostgresBatched, o.Batch, o.BatchConcurrency}} {
+		res, err := Run(ctx, r.name, o.workload(o.Accounts, 0, r.batch, r.concurrency, 0), pop, pg, o.Progress)
+		if res != nil {
+			res.Note = "each transfer is its own SQL transaction (fsync and synchronous_commit on)"
+			rep.Results = append(rep.Results, res)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addRatios records the benchmark's targets.
+func addRatios(rep *Report) {
+	rep.AddRatio("100% cross-shard, 1 transfer/request vs PostgreSQL", LedgerCrossSingle, PostgresSingle, 2)
+	rep.AddRatio("100% cross-shard, batched vs PostgreSQL", LedgerCrossBatched, PostgresBatched, 10)
+	rep.AddRatio("cross-shard vs intra-shard (1 transfer/request)", LedgerCrossSingle, LedgerIntraSingle, 0.5)
+	rep.AddRatio("cross-shard vs intra-shard (batched)", LedgerCrossBatched, LedgerIntraBatched, 0)
+	rep.AddRatio("intra-shard vs engine ceiling (1 transfer/request)", LedgerIntraSingle, EngineSingle, 0.6)
+	rep.AddRatio("intra-shard vs engine ceiling (batched)", LedgerIntraBatched, EngineBatched, 0)
+	rep.AddRatio("large population vs small (intra-shard)", LedgerIntraBig, LedgerIntraSingle, 0.8)
+	// p99 at half the peak rate, cross-shard.
+	if r := rep.Result("ledger-cross-open-050"); r != nil {
+		mark := "✗"
+		if r.Latency.P99 <= 10 {
+			mark = "✓"
+		}
+		rep.AddNote("p99 latency at half the cross-shard peak (%.0f transfers/s offered): %.2f ms (target ≤ 10 ms) %s",
+			r.Workload.Rate*float64(r.Workload.Batch), r.Latency.P99, mark)
+	} else {
+		rep.AddNote("p99 latency at half the cross-shard peak: not measured")
+	}
+}
+
+func machine() string {
+	host, _ := os.Hostname()
+	cpu := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(line, ":", 2)[1])
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d vCPU (%s), %s/%s, %s", host, runtime.NumCPU(), cpu, runtime.GOOS, runtime.GOARCH, runtime.Version())
+}
