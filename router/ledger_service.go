@@ -252,6 +252,12 @@ func (r *Router) CreateTransfers(ctx context.Context, req *connect.Request[ledge
 			local = append(local, u)
 		}
 	}
+	if len(cross) > 0 {
+		if err := r.reserveTxns(len(cross)); err != nil {
+			return nil, err
+		}
+		defer r.releaseTxns(len(cross))
+	}
 	results := make([]*ledgerv1.TransferResult, len(ts))
 	var (
 		mu       sync.Mutex

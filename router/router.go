@@ -86,7 +86,7 @@ func (o *Options) setDefaults() {
 		o.InflightPerShard = 8
 	}
 	if o.QueuedPerShard == 0 {
-		o.QueuedPerShard = 4096
+		o.QueuedPerShard = 16_384 // a request of 8,000 cross-shard transfers queues 8,000 Begins
 	}
 	if o.TxnInflightMax == 0 {
 		o.TxnInflightMax = 10_000

@@ -155,18 +155,27 @@ func checkCrossUnit(ts []*ledgerv1.Transfer, u unit) error {
 	return nil
 }
 
+// reserveTxns takes n of the router's cross-shard transaction slots, all or none, so a
+// request is refused whole (nothing applied) when they are not there.
+func (r *Router) reserveTxns(n int) error {
+	if got := r.txns.Add(int64(n)); got > int64(r.opts.TxnInflightMax) {
+		r.txns.Add(-int64(n))
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+			"%d cross-shard transactions in flight, %d more asked (limit %d); nothing was applied, retry later",
+			got-int64(n), n, r.opts.TxnInflightMax))
+	}
+	return nil
+}
+
+func (r *Router) releaseTxns(n int) { r.txns.Add(-int64(n)) }
+
 // runTxn runs a cross-shard chain (or one transfer, or a post/void of a cross-shard
 // pending transfer) through its coordinator and answers once the decision is applied.
 func (r *Router) runTxn(ctx context.Context, m *raftv1.ShardMap, chain []*ledgerv1.Transfer) ([]*ledgerv1.TransferResult, error) {
 	if len(m.CoordinatorGroups) == 0 {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the cluster has no coordinator group"))
 	}
-	if n := r.txns.Add(1); n > int64(r.opts.TxnInflightMax) {
-		r.txns.Add(-1)
-		return nil, connect.NewError(connect.CodeResourceExhausted,
-			fmt.Errorf("%d cross-shard transactions in flight (limit %d); retry later", n-1, r.opts.TxnInflightMax))
-	}
-	defer r.txns.Add(-1)
+
 	first := chain[0]
 	if p := pendingRef(first); p != "" {
 		group := coordinator.GroupOf(p, m.CoordinatorGroups)
