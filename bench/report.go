@@ -463,9 +463,22 @@ func LineChartSVG(title, xLabel, yLabel string, series []Series) string {
 // ThroughputVsCrossSVG charts closed-loop ledger throughput against the configured
 // cross-shard percentage, one series per batch size.
 func ThroughputVsCrossSVG(results []*Result) string {
+	// Compare like with like: the population most runs used.
+	accounts := map[int]int{}
+	for _, r := range results {
+		if r != nil && r.Target == "ledger" {
+			accounts[r.Workload.Accounts]++
+		}
+	}
+	common := 0
+	for n, c := range accounts {
+		if c > accounts[common] {
+			common = n
+		}
+	}
 	byBatch := map[int][]Point{}
 	for _, r := range results {
-		if r == nil || r.Target != "ledger" || r.Workload.Rate != 0 {
+		if r == nil || r.Target != "ledger" || r.Workload.Rate != 0 || r.Workload.Accounts != common {
 			continue
 		}
 		byBatch[r.Workload.Batch] = append(byBatch[r.Workload.Batch], Point{X: r.Workload.CrossRatio * 100, Y: r.TransfersPerSec})
