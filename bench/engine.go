@@ -128,19 +128,7 @@ func (e *Engine) start(ctx context.Context) error {
 			return fmt.Errorf("engine: create %s: %w", raftDir, err)
 		}
 		// The NodeHost settings of internal/node.Start.
-		logdb := config.GetTinyMemLogDBConfig()
-		logdb.Shards = 2
-		nhc := config.NodeHostConfig{
-			NodeHostDir:    raftDir,
-			WALDir:         raftDir,
-			RTTMillisecond: e.opts.RTTMillisecond,
-			RaftAddress:    addr,
-			Expert: config.ExpertConfig{
-				LogDB: logdb,
-				Engine: config.EngineConfig{ExecShards: 2, CommitShards: 2, ApplyShards: 2,
-					SnapshotShards: 2, CloseShards: 2},
-			},
-		}
+		nhc := node.NodeHostConfig(raftDir, addr, e.opts.RTTMillisecond)
 		nh, err := dragonboat.NewNodeHost(nhc)
 		if err != nil {
 			return fmt.Errorf("engine: node %d: new nodehost: %w", replica, err)
@@ -169,17 +157,7 @@ func (e *Engine) start(ctx context.Context) error {
 
 // groupConfig is internal/node's group configuration.
 func (e *Engine) groupConfig(group, replica uint64) config.Config {
-	return config.Config{
-		ShardID:            group,
-		ReplicaID:          replica,
-		ElectionRTT:        e.opts.ElectionRTT,
-		HeartbeatRTT:       1,
-		CheckQuorum:        true,
-		PreVote:            true,
-		SnapshotEntries:    10_000,
-		CompactionOverhead: 5_000,
-		MaxInMemLogSize:    256 << 20,
-	}
+	return node.GroupConfig(group, replica, e.opts.ElectionRTT)
 }
 
 func (e *Engine) newSM(group, replica uint64) sm.IStateMachine {

@@ -51,24 +51,13 @@ func (r *Router) PrepareBranches(ctx context.Context, branches []*raftv1.Branch)
 	for i, b := range branches {
 		accounts[i] = b.GetAccountId()
 	}
-	votes := make([]*raftv1.Vote, len(branches))
-	var mu sync.Mutex
-	err := r.run(ctx, branchUnits(accounts), func(us []int) (*raftv1.Command, int) {
+	return r.branchCommand(ctx, accounts, func(us []int) *raftv1.Command {
 		p := &raftv1.PrepareBranches{Branches: make([]*raftv1.Branch, len(us))}
 		for i, u := range us {
 			p.Branches[i] = branches[u]
 		}
-		return &raftv1.Command{Op: &raftv1.Command_Prepare{Prepare: p}}, len(us)
-	}, func(us []int, res *raftv1.CommandResult) {
-		mu.Lock()
-		defer mu.Unlock()
-		for i, u := range us {
-			if i < len(res.Votes) {
-				votes[u] = res.Votes[i]
-			}
-		}
+		return &raftv1.Command{Op: &raftv1.Command_Prepare{Prepare: p}}
 	})
-	return votes, checkVotes(votes, err)
 }
 
 // ResolveBranches commits or aborts branches on the shards owning their accounts.
@@ -77,14 +66,22 @@ func (r *Router) ResolveBranches(ctx context.Context, refs []*raftv1.BranchRef, 
 	for i, b := range refs {
 		accounts[i] = b.GetAccountId()
 	}
-	votes := make([]*raftv1.Vote, len(refs))
-	var mu sync.Mutex
-	err := r.run(ctx, branchUnits(accounts), func(us []int) (*raftv1.Command, int) {
+	return r.branchCommand(ctx, accounts, func(us []int) *raftv1.Command {
 		p := &raftv1.ResolveBranches{Commit: commit, Branches: make([]*raftv1.BranchRef, len(us))}
 		for i, u := range us {
 			p.Branches[i] = refs[u]
 		}
-		return &raftv1.Command{Op: &raftv1.Command_Resolve{Resolve: p}}, len(us)
+		return &raftv1.Command{Op: &raftv1.Command_Resolve{Resolve: p}}
+	})
+}
+
+// branchCommand runs, on each shard owning some of the accounts, the command build makes
+// for the branches (by index) it owns, and returns the votes in branch order.
+func (r *Router) branchCommand(ctx context.Context, accounts []string, build func(us []int) *raftv1.Command) ([]*raftv1.Vote, error) {
+	votes := make([]*raftv1.Vote, len(accounts))
+	var mu sync.Mutex
+	err := r.run(ctx, branchUnits(accounts), func(us []int) (*raftv1.Command, int) {
+		return build(us), len(us)
 	}, func(us []int, res *raftv1.CommandResult) {
 		mu.Lock()
 		defer mu.Unlock()

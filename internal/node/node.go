@@ -97,20 +97,8 @@ func Start(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("node: create %s: %w", d, err)
 		}
 	}
-	logdb := config.GetTinyMemLogDBConfig()
-	logdb.Shards = 2
-	nhc := config.NodeHostConfig{
-		NodeHostDir:    raftDir,
-		WALDir:         raftDir,
-		RTTMillisecond: cfg.RTTMillisecond,
-		RaftAddress:    cfg.RaftAddress,
-		Expert: config.ExpertConfig{
-			TransportFactory: cfg.TransportFactory,
-			LogDB:            logdb,
-			Engine: config.EngineConfig{ExecShards: 2, CommitShards: 2, ApplyShards: 2,
-				SnapshotShards: 2, CloseShards: 2},
-		},
-	}
+	nhc := NodeHostConfig(raftDir, cfg.RaftAddress, cfg.RTTMillisecond)
+	nhc.Expert.TransportFactory = cfg.TransportFactory
 	nh, err := dragonboat.NewNodeHost(nhc)
 	if err != nil {
 		return nil, fmt.Errorf("node %d: new nodehost: %w", cfg.NodeID, err)
@@ -124,10 +112,34 @@ func Start(cfg Config) (*Node, error) {
 }
 
 func (n *Node) groupConfig(shardID uint64) config.Config {
+	return GroupConfig(shardID, n.cfg.NodeID, n.cfg.ElectionRTT)
+}
+
+// NodeHostConfig is the NodeHost configuration of every node (the benchmark's engine
+// ceiling uses it too, so both run on the same settings): a small-memory LogDB with 2
+// shards and 2 engine workers per stage, sized for 2-core machines.
+func NodeHostConfig(raftDir, raftAddress string, rttMillisecond uint64) config.NodeHostConfig {
+	logdb := config.GetTinyMemLogDBConfig()
+	logdb.Shards = 2
+	return config.NodeHostConfig{
+		NodeHostDir:    raftDir,
+		WALDir:         raftDir,
+		RTTMillisecond: rttMillisecond,
+		RaftAddress:    raftAddress,
+		Expert: config.ExpertConfig{
+			LogDB: logdb,
+			Engine: config.EngineConfig{ExecShards: 2, CommitShards: 2, ApplyShards: 2,
+				SnapshotShards: 2, CloseShards: 2},
+		},
+	}
+}
+
+// GroupConfig is the raft configuration of every group replica.
+func GroupConfig(shardID, replicaID, electionRTT uint64) config.Config {
 	return config.Config{
 		ShardID:            shardID,
-		ReplicaID:          n.cfg.NodeID,
-		ElectionRTT:        n.cfg.ElectionRTT,
+		ReplicaID:          replicaID,
+		ElectionRTT:        electionRTT,
 		HeartbeatRTT:       1,
 		CheckQuorum:        true,
 		PreVote:            true,
