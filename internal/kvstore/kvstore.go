@@ -45,6 +45,11 @@ func Open(dir string) (*Store, error) {
 		MemTableSize: memTableBytes,
 		MaxOpenFiles: 256,
 		Logger:       quietLogger{},
+		// The raft log is the write-ahead log of a replicated state machine: after a
+		// crash, Open returns the applied index of the last flushed state and dragonboat
+		// replays the entries after it. Sync flushes before dragonboat relies on the
+		// state (snapshots, log compaction), so pebble's own WAL is pure overhead.
+		DisableWAL: true,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open pebble %s: %w", dir, err)
@@ -92,8 +97,8 @@ type Writes interface {
 	Writes(fn func(key, value []byte) error) error
 }
 
-// Commit writes w and the applied index in one batch. It does not fsync: raft's log is
-// durable and replays anything after the applied index; Sync makes it durable.
+// Commit writes w and the applied index in one batch, atomically, to the memtable: raft's
+// log is durable and replays anything after the applied index; Sync makes it durable.
 func (s *Store) Commit(w Writes, applied uint64) error {
 	b := s.db.NewBatch()
 	defer b.Close()
@@ -116,10 +121,10 @@ func (s *Store) Commit(w Writes, applied uint64) error {
 	return nil
 }
 
-// Sync makes every committed batch durable.
+// Sync makes every committed batch durable (a memtable flush: there is no WAL).
 func (s *Store) Sync() error {
-	if err := s.db.LogData(nil, pebble.Sync); err != nil {
-		return fmt.Errorf("pebble sync: %w", err)
+	if err := s.db.Flush(); err != nil {
+		return fmt.Errorf("pebble flush: %w", err)
 	}
 	return nil
 }
@@ -289,12 +294,12 @@ func (s *Store) Recover(r io.Reader, done <-chan struct{}) error {
 			b = s.db.NewBatch()
 		}
 	}
-	err := b.Commit(pebble.Sync)
+	err := b.Commit(pebble.NoSync)
 	b.Close()
 	if err != nil {
 		return fmt.Errorf("recover: commit: %w", err)
 	}
-	return nil
+	return s.Sync()
 }
 
 // Get reads one key from the view.
