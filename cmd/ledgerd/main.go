@@ -87,7 +87,10 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	bctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	c, err := cluster.Start(bctx, cluster.Config{Dir: *dataDir, RaftAddresses: addrs, ShardCount: *shards,
-		SlotCount: 4096, RTTMillisecond: 20, Logger: log})
+		SlotCount: 4096, RTTMillisecond: 20,
+		// Elections after 500 ms of silence: three nodes share this process's CPUs, and a
+		// saturated machine must not mistake a busy leader for a dead one.
+		ElectionRTT: 25, Logger: log})
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("start dev cluster: %w", err)

@@ -32,6 +32,8 @@ type Config struct {
 	// CoordinatorCount coordinator groups (default 1).
 	CoordinatorCount int
 	RTTMillisecond   uint64
+	// ElectionRTT in RTTs (default: node's default).
+	ElectionRTT uint64
 	// TransportFactory replaces the TCP transport (tests use internal/faultnet).
 	TransportFactory config.TransportFactory
 	Router           router.Options
@@ -115,7 +117,7 @@ func (l *Local) nodeConfig(i int) node.Config {
 		NodeID: id, RaftAddress: l.cfg.RaftAddresses[i], Zone: fmt.Sprintf("zone-%d", id),
 		DataDir: filepath.Join(l.cfg.Dir, fmt.Sprintf("node-%d", id)), Members: members,
 		ShardCount: l.cfg.ShardCount, CoordinatorCount: l.cfg.CoordinatorCount,
-		RTTMillisecond: l.cfg.RTTMillisecond, TransportFactory: l.cfg.TransportFactory, Logger: l.cfg.Logger,
+		RTTMillisecond: l.cfg.RTTMillisecond, ElectionRTT: l.cfg.ElectionRTT, TransportFactory: l.cfg.TransportFactory, Logger: l.cfg.Logger,
 	}
 }
 
