@@ -335,9 +335,6 @@ const listInDoubtMax = 1000
 // transfersWidth bounds the TRANSFERS column of txn list.
 const transfersWidth = 60
 
-// timeNow is the clock of AGE and EXPIRES; tests replace it.
-var timeNow = time.Now
-
 func txnList(c *cli, fs *flag.FlagSet, args []string) error {
 	var limit uint32
 	fs.Var((*uint32Flag)(&limit), "limit", fmt.Sprintf("list at most this many (0: the server's default, %d; it is also the maximum)", listInDoubtMax))
@@ -358,7 +355,7 @@ func txnList(c *cli, fs *flag.FlagSet, args []string) error {
 		_, err := fmt.Fprintln(c.stdout, "no transactions in doubt")
 		return err
 	}
-	now := timeNow()
+	now := c.now()
 	w := c.table("ID", "GROUP", "DECISION", "AGE", "EXPIRES", "TRANSFERS")
 	for _, t := range txns {
 		age := "-"

@@ -103,6 +103,7 @@ type cli struct {
 	addr, token    string
 	timeout        time.Duration
 	json           bool
+	now            func() time.Time // the clock of AGE and EXPIRES
 }
 
 func (c *cli) globalFlags(fs *flag.FlagSet) {
@@ -114,7 +115,12 @@ func (c *cli) globalFlags(fs *flag.FlagSet) {
 
 // run is the whole program; it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	c := &cli{ctx: ctx, stdout: stdout, stderr: stderr, addr: "http://localhost:8080", timeout: 10 * time.Second}
+	return runAt(ctx, time.Now, args, stdout, stderr)
+}
+
+// runAt is run with a given clock (tests fix it).
+func runAt(ctx context.Context, now func() time.Time, args []string, stdout, stderr io.Writer) int {
+	c := &cli{ctx: ctx, stdout: stdout, stderr: stderr, addr: "http://localhost:8080", timeout: 10 * time.Second, now: now}
 	if v := os.Getenv("LEDGER_ADDR"); v != "" {
 		c.addr = v
 	}

@@ -200,11 +200,16 @@ func newFake(t *testing.T) (*fake, string) {
 // ledgerctl runs the command against url and returns exit code, stdout and stderr.
 func ledgerctl(t *testing.T, url string, args ...string) (int, string, string) {
 	t.Helper()
+	return ledgerctlAt(t, time.Now, url, args...)
+}
+
+func ledgerctlAt(t *testing.T, now func() time.Time, url string, args ...string) (int, string, string) {
+	t.Helper()
 	var out, errOut bytes.Buffer
 	if url != "" {
 		args = append([]string{"--addr", url}, args...)
 	}
-	code := run(context.Background(), args, &out, &errOut)
+	code := runAt(context.Background(), now, args, &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
@@ -508,8 +513,7 @@ func TestAuditViolations(t *testing.T) {
 
 func TestTxnList(t *testing.T) {
 	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
-	defer func(old func() time.Time) { timeNow = old }(timeNow)
-	timeNow = func() time.Time { return now }
+	clock := func() time.Time { return now }
 	at := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(d)) }
 	var many []string
 	for i := range 20 {
@@ -528,7 +532,7 @@ func TestTxnList(t *testing.T) {
 		{Id: "x4", CoordinatorGroup: 202, Decision: ledgerv1.TransactionDecision_TRANSACTION_DECISION_ABORT,
 			BegunAt: at(-50 * time.Hour), TransferIds: []string{long}},
 	}
-	code, out, errOut := ledgerctl(t, url, "txn", "list")
+	code, out, errOut := ledgerctlAt(t, clock, url, "txn", "list")
 	wantCode(t, code, exitOK, out, errOut)
 	if f.lastLimit != 0 {
 		t.Fatalf("limit %d sent without --limit", f.lastLimit)
@@ -551,7 +555,7 @@ func TestTxnList(t *testing.T) {
 	}
 
 	// --limit is passed through; a full page says there may be more. in-doubt is an alias.
-	code, out, errOut = ledgerctl(t, url, "in-doubt", "--limit", "2")
+	code, out, errOut = ledgerctlAt(t, clock, url, "in-doubt", "--limit", "2")
 	wantCode(t, code, exitOK, out, errOut)
 	if f.lastLimit != 2 {
 		t.Fatalf("limit %d sent, want 2", f.lastLimit)
@@ -560,13 +564,13 @@ func TestTxnList(t *testing.T) {
 	if len(lines) != 4 || !strings.HasPrefix(lines[2], "x2 ") || lines[3] != "(limit of 2 reached: more transactions may be in doubt)" {
 		t.Fatalf("output:\n%s", out)
 	}
-	code, out, errOut = ledgerctl(t, url, "txn", "list", "--limit", "5")
+	code, out, errOut = ledgerctlAt(t, clock, url, "txn", "list", "--limit", "5")
 	wantCode(t, code, exitOK, out, errOut)
 	if f.lastLimit != 5 || strings.Contains(out, "limit of") {
 		t.Fatalf("limit %d, output:\n%s", f.lastLimit, out)
 	}
 
-	code, out, errOut = ledgerctl(t, url, "--json", "txn", "list", "--limit", "1")
+	code, out, errOut = ledgerctlAt(t, clock, url, "--json", "txn", "list", "--limit", "1")
 	wantCode(t, code, exitOK, out, errOut)
 	var got ledgerv1.ListInDoubtTransactionsResponse
 	if err := protojson.Unmarshal([]byte(out), &got); err != nil || len(got.GetTransactions()) != 1 || got.GetTransactions()[0].GetId() != "x1" {
@@ -575,7 +579,7 @@ func TestTxnList(t *testing.T) {
 
 	f.inDoubt = nil
 	for _, args := range [][]string{{"txn", "list"}, {"in-doubt"}} {
-		code, out, errOut = ledgerctl(t, url, args...)
+		code, out, errOut = ledgerctlAt(t, clock, url, args...)
 		wantCode(t, code, exitOK, out, errOut)
 		if out != "no transactions in doubt\n" {
 			t.Fatalf("%q: output %q", args, out)
