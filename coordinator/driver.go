@@ -86,10 +86,19 @@ type Driver struct {
 	// tracked: open txns this leader knows; running: those with a goroutine.
 	tracked map[string]*raftv1.TxnRecord
 	running map[string]bool
+	batches int // resolveBatch goroutines running
 }
 
 // NotifyMax bounds buffered notifications; past it the driver reloads instead.
 const NotifyMax = 100_000
+
+// Decided transactions are resolved in batches: one branch command per shard and one
+// forget per transaction for up to ResolveBatchMax of them, with at most
+// ResolveBatchesMax batches under way.
+const (
+	ResolveBatchMax   = 4096
+	ResolveBatchesMax = 4
+)
 
 // NewDriver returns a driver for group; isLeader tells whether the local replica leads.
 func NewDriver(group uint64, isLeader func() bool, cl Cluster, opts DriverOptions) *Driver {
@@ -171,6 +180,7 @@ func (d *Driver) Run(ctx context.Context) {
 			d.tracked[rec.TxnId] = rec
 		}
 		var expired []string
+		var batch []*raftv1.TxnRecord
 		now := d.opts.Now().UnixNano()
 		for id, rec := range d.tracked {
 			if rec.Decision == decHold {
@@ -182,12 +192,28 @@ func (d *Driver) Run(ctx context.Context) {
 			if d.running[id] || len(d.running) >= d.opts.InflightMax {
 				continue
 			}
+			if rec.Decision == decCommit || rec.Decision == decAbort {
+				if len(batch) < ResolveBatchMax && d.batches < ResolveBatchesMax {
+					d.running[id] = true
+					batch = append(batch, rec)
+				}
+				continue
+			}
 			d.running[id] = true
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				d.drive(ctx, rec)
 			}()
+		}
+		if len(batch) > 0 {
+			d.batches++
+			wg.Add(1)
+			go func(batch []*raftv1.TxnRecord) {
+				defer wg.Done()
+				d.resolveBatch(ctx, batch)
+			}(batch)
+			batch = nil
 		}
 		d.mu.Unlock()
 		if len(expired) > 0 {
@@ -316,6 +342,121 @@ func (d *Driver) step(ctx context.Context, rec *raftv1.TxnRecord) (*raftv1.TxnRe
 	}
 }
 
+// resolveBatch commits or aborts the branches of decided transactions (one branch
+// command per shard for the whole batch) and forgets each transaction whose branches
+// all acknowledged. The others stay tracked and are tried again on a later loop.
+func (d *Driver) resolveBatch(ctx context.Context, recs []*raftv1.TxnRecord) {
+	done := make([]bool, len(recs))
+	defer func() {
+		progress := false
+		d.mu.Lock()
+		for i, rec := range recs {
+			delete(d.running, rec.TxnId)
+			if done[i] {
+				delete(d.tracked, rec.TxnId)
+				progress = true
+			}
+		}
+		d.batches--
+		d.mu.Unlock()
+		if progress { // more may be waiting; failures wait for the next tick
+			select {
+			case d.wake <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	if !d.isLeader() {
+		return // the new leader resumes them
+	}
+	for _, rec := range recs {
+		if h := d.opts.Hooks.BeforeResolve; h != nil {
+			h(ctx, rec.TxnId)
+			if ctx.Err() != nil {
+				return
+			}
+		}
+	}
+	// owner[c][k] is the record (index into recs) of the k-th ref of side c.
+	var refs [2][]*raftv1.BranchRef
+	var owner [2][]int
+	for i, rec := range recs {
+		c := 0
+		if rec.Decision == decCommit {
+			c = 1
+		}
+		for _, b := range rec.Branches {
+			ref := &raftv1.BranchRef{TxnId: b.TxnId, Index: b.Index, AccountId: b.AccountId}
+			if c == 1 {
+				ref.Amount = rec.CommitAmount
+			}
+			refs[c] = append(refs[c], ref)
+			owner[c] = append(owner[c], i)
+		}
+	}
+	ok := make([]bool, len(recs))
+	for i := range ok {
+		ok[i] = true
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for c := range refs {
+		if len(refs[c]) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			commit := c == 1
+			want := raftv1.BranchState_BRANCH_STATE_ABORTED
+			if commit {
+				want = raftv1.BranchState_BRANCH_STATE_COMMITTED
+			}
+			votes, err := d.cl.ResolveBranches(ctx, refs[c], commit)
+			mu.Lock()
+			defer mu.Unlock()
+			for k, i := range owner[c] {
+				var v *raftv1.Vote
+				if k < len(votes) {
+					v = votes[k]
+				}
+				switch {
+				case v == nil:
+					ok[i] = false
+				case v.GetState() != want:
+					// A branch contradicting the decision is a protocol bug: keep the txn
+					// open (it stays in doubt, visible to operators) and say so loudly.
+					d.log.Error("branch contradicts the decision", "txn", recs[i].TxnId, "branch", v.GetIndex(),
+						"state", v.GetState(), "decision", recs[i].Decision, "message", v.GetMessage())
+					ok[i] = false
+				}
+			}
+			if err != nil {
+				d.log.Debug("resolve branches failed; will retry", "err", err, "branches", len(refs[c]))
+			}
+		}()
+	}
+	wg.Wait()
+	for i, rec := range recs {
+		if !ok[i] {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := d.cl.Propose(ctx, d.group, &raftv1.Command{Op: &raftv1.Command_ForgetTxn{ForgetTxn: &raftv1.ForgetTxn{TxnId: rec.TxnId}}})
+			if err != nil || res.GetTxn() == nil {
+				d.log.Debug("forget failed; will retry", "txn", rec.TxnId, "err", err, "message", res.GetMessage())
+				return
+			}
+			mu.Lock()
+			done[i] = true
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+}
+
 // collectVotes prepares every branch and returns the decision to log, or nil to retry
 // later (some shard did not answer and the prepare timeout has not passed).
 func (d *Driver) collectVotes(ctx context.Context, rec *raftv1.TxnRecord) *raftv1.DecideTxn {
@@ -329,24 +470,7 @@ func (d *Driver) collectVotes(ctx context.Context, rec *raftv1.TxnRecord) *raftv
 			Status:  ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT,
 			Message: fmt.Sprintf("participants not prepared within %v: %v", d.opts.PrepareTimeout, err)}
 	}
-	for _, v := range votes {
-		if v.GetState() != raftv1.BranchState_BRANCH_STATE_PREPARED {
-			st, msg := v.GetStatus(), v.GetMessage()
-			if v.GetState() == raftv1.BranchState_BRANCH_STATE_ABORTED {
-				st, msg = ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, "a participant aborted the branch (timed out)"
-			}
-			if msg == "" {
-				msg = st.String()
-			}
-			return &raftv1.DecideTxn{TxnId: rec.TxnId, Decision: decAbort, Status: st, Message: msg,
-				FailedIndex: int32(TransferOf(v.GetIndex()))}
-		}
-	}
-	dec := decCommit
-	if rec.Transfers[0].GetPending() {
-		dec = decHold
-	}
-	return &raftv1.DecideTxn{TxnId: rec.TxnId, Decision: dec, Votes: votes, FailedIndex: -1}
+	return DecisionFromVotes(rec.TxnId, rec.Transfers, nil, votes)
 }
 
 func backoff(attempt int) time.Duration {

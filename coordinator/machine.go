@@ -27,6 +27,10 @@ const (
 
 func key(prefix byte, id string) []byte { return append([]byte{prefix}, id...) }
 
+// IsRecordKey tells whether a stored key holds a transaction record (read back by the
+// decision and the forget that follow its Begin: the apply cache keeps it on write).
+func IsRecordKey(k []byte) bool { return len(k) > 0 && k[0] == prefixTxn }
+
 var stateKey = []byte{prefixState}
 
 const (
@@ -180,80 +184,119 @@ func (a *Applier) getResolved(id string) (*raftv1.StoredTransfer, error) {
 	return rec, nil
 }
 
-func (a *Applier) begin(b *raftv1.BeginTxn) (*raftv1.CommandResult, error) {
-	ts := b.GetTransfers()
-	if err := ledger.ValidateID(b.GetTxnId()); err != nil {
-		return refuse("txn_id: %v", err), nil
+// checkChain validates a transaction's transfers; a refusal, or nil when they are fit.
+func checkChain(txnID string, ts []*ledgerv1.Transfer) *raftv1.CommandResult {
+	if err := ledger.ValidateID(txnID); err != nil {
+		return refuse("txn_id: %v", err)
 	}
 	if len(ts) == 0 || len(ts) > ledger.BatchItemsMax {
-		return refuse("a transaction has 1-%d transfers, got %d", ledger.BatchItemsMax, len(ts)), nil
+		return refuse("a transaction has 1-%d transfers, got %d", ledger.BatchItemsMax, len(ts))
 	}
-	if ts[0].GetId() != b.GetTxnId() {
-		return refuse("txn id %q must be its first transfer's id %q", b.GetTxnId(), ts[0].GetId()), nil
+	if ts[0].GetId() != txnID {
+		return refuse("txn id %q must be its first transfer's id %q", txnID, ts[0].GetId())
 	}
 	seen := make(map[string]bool, len(ts))
 	for i, t := range ts {
 		if err := ledger.ValidateTransfer(t); err != nil {
-			return refuse("transfer %d: %v", i, err), nil
+			return refuse("transfer %d: %v", i, err)
 		}
 		// One id, one transfer: a repeated id would get branches (and money moved) twice.
 		if seen[t.GetId()] {
-			return refuse("transfer %d: id %q appears twice in the transaction", i, t.GetId()), nil
+			return refuse("transfer %d: id %q appears twice in the transaction", i, t.GetId())
 		}
 		seen[t.GetId()] = true
 		if t.GetPostPendingId() != "" || t.GetVoidPendingId() != "" {
-			return refuse("transfer %d: posts and voids are not begun as transactions", i), nil
+			return refuse("transfer %d: posts and voids are not begun as transactions", i)
 		}
 		if t.GetPending() && len(ts) > 1 {
-			return refuse("transfer %d: a pending transfer must be alone in its transaction", i), nil
+			return refuse("transfer %d: a pending transfer must be alone in its transaction", i)
 		}
 		if (i < len(ts)-1) != t.GetLinked() {
-			return refuse("transfer %d: a transaction is one linked chain", i), nil
+			return refuse("transfer %d: a transaction is one linked chain", i)
 		}
 	}
-	// An id already used answers its outcome (a retry) or ID_REUSED.
+	return nil
+}
+
+// idsTaken tells whether a transfer id of the chain already belongs to another
+// transaction or to a post/void.
+func (a *Applier) idsTaken(txnID string, ts []*ledgerv1.Transfer) (bool, error) {
 	for _, t := range ts {
-		txnID, ok, err := a.txnOfTransfer(t.GetId())
+		owner, ok, err := a.txnOfTransfer(t.GetId())
 		if err != nil {
-			return nil, err
+			return false, err
 		}
 		res, err := a.getResolved(t.GetId())
 		if err != nil {
+			return false, err
+		}
+		if res != nil || (ok && owner != txnID) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// newRecord returns an undecided record of the chain (not stored yet).
+func (a *Applier) newRecord(txnID string, ts []*ledgerv1.Transfer) *raftv1.TxnRecord {
+	rec := &raftv1.TxnRecord{TxnId: txnID, FailedIndex: -1, BegunAtUnixNano: a.now,
+		Branches: Branches(txnID, ts)}
+	for _, t := range ts {
+		c := proto.Clone(t).(*ledgerv1.Transfer)
+		c.CreatedAt = timestamppb.New(time.Unix(0, a.now).UTC())
+		rec.Transfers = append(rec.Transfers, c)
+	}
+	if t := ts[0]; t.GetPending() && t.GetTimeoutSeconds() > 0 {
+		rec.ExpiresAtUnixNano = a.now + int64(t.GetTimeoutSeconds())*int64(time.Second)
+	}
+	return rec
+}
+
+// storeNew writes a new record, its transfer index and its place in the open set.
+func (a *Applier) storeNew(rec *raftv1.TxnRecord) {
+	for _, t := range rec.Transfers {
+		a.ov.Set(key(prefixIndex, t.GetId()), []byte(rec.TxnId))
+	}
+	a.putTxn(rec)
+	a.ov.Set(key(prefixOpen, rec.TxnId), []byte{1})
+	a.state.OpenCount++
+}
+
+// tombstone reports whether a record is a presumed-abort tombstone: an abort logged for
+// a transaction the group never saw (no transfers known).
+func tombstone(rec *raftv1.TxnRecord) bool { return len(rec.Transfers) == 0 }
+
+func (a *Applier) begin(b *raftv1.BeginTxn) (*raftv1.CommandResult, error) {
+	ts := b.GetTransfers()
+	if r := checkChain(b.GetTxnId(), ts); r != nil {
+		return r, nil
+	}
+	// An id already used answers its outcome (a retry) or ID_REUSED.
+	if taken, err := a.idsTaken(b.GetTxnId(), ts); err != nil || taken {
+		if err != nil {
 			return nil, err
 		}
-		if res != nil || (ok && txnID != b.GetTxnId()) {
-			return reused(ts), nil
-		}
+		return reused(ts, nil), nil
 	}
 	old, err := a.getTxn(b.GetTxnId())
 	if err != nil {
 		return nil, err
 	}
 	if old != nil {
-		if !sameTransfers(old.Transfers, ts) {
-			return reused(ts), nil
+		if !tombstone(old) && !sameTransfers(old.Transfers, ts) {
+			return reused(ts, nil), nil
 		}
 		return &raftv1.CommandResult{Txn: old, Existed: true}, nil
 	}
-	rec := &raftv1.TxnRecord{TxnId: b.GetTxnId(), FailedIndex: -1, BegunAtUnixNano: a.now,
-		Branches: Branches(b.GetTxnId(), ts)}
-	for _, t := range ts {
-		c := proto.Clone(t).(*ledgerv1.Transfer)
-		c.CreatedAt = timestamppb.New(time.Unix(0, a.now).UTC())
-		rec.Transfers = append(rec.Transfers, c)
-		a.ov.Set(key(prefixIndex, t.GetId()), []byte(b.GetTxnId()))
-	}
-	if t := ts[0]; t.GetPending() && t.GetTimeoutSeconds() > 0 {
-		rec.ExpiresAtUnixNano = a.now + int64(t.GetTimeoutSeconds())*int64(time.Second)
-	}
-	a.putTxn(rec)
-	a.ov.Set(key(prefixOpen, rec.TxnId), []byte{1})
-	a.state.OpenCount++
+	rec := a.newRecord(b.GetTxnId(), ts)
+	a.storeNew(rec)
 	return &raftv1.CommandResult{Txn: rec}, nil
 }
 
-func reused(ts []*ledgerv1.Transfer) *raftv1.CommandResult {
-	r := &raftv1.CommandResult{}
+// reused answers ID_REUSED for every transfer of a chain; rec is the record that holds
+// the id (nil when another transaction's transfer holds one of the ids).
+func reused(ts []*ledgerv1.Transfer, rec *raftv1.TxnRecord) *raftv1.CommandResult {
+	r := &raftv1.CommandResult{Txn: rec}
 	for _, t := range ts {
 		r.Transfers = append(r.Transfers, &ledgerv1.TransferResult{Id: t.GetId(), Status: stIDReused,
 			Message: "a transfer with this id exists with different fields"})
@@ -274,46 +317,107 @@ func sameTransfers(a, b []*ledgerv1.Transfer) bool {
 }
 
 func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
+	if err := ledger.ValidateID(d.GetTxnId()); err != nil {
+		return refuse("txn_id: %v", err), nil
+	}
 	rec, err := a.getTxn(d.GetTxnId())
 	if err != nil {
 		return nil, err
 	}
-	if rec == nil {
-		return refuse("unknown txn %q", d.GetTxnId()), nil
+	ts := d.GetTransfers()
+	created := false
+	switch {
+	case rec == nil && len(ts) == 0:
+		if d.GetDecision() != decAbort {
+			return refuse("unknown txn %q", d.GetTxnId()), nil
+		}
+		if owner, ok, err := a.txnOfTransfer(d.GetTxnId()); err != nil || ok {
+			if err != nil {
+				return nil, err
+			}
+			return refuse("%q is a transfer of txn %q, not a txn", d.GetTxnId(), owner), nil
+		}
+		// Presumed abort: a participant asks about a transaction nobody decided. The
+		// abort is logged (closed at once: there is nothing to drive), so a decision
+		// sent later reads it instead of contradicting what the participant was told.
+		rec = &raftv1.TxnRecord{TxnId: d.GetTxnId(), FailedIndex: -1, BegunAtUnixNano: a.now, Forgotten: true}
+		if msg := setAbort(rec, d); msg != "" {
+			return refuse("%s", msg), nil
+		}
+		rec.Decision, rec.DecidedAtUnixNano = decAbort, a.now
+		a.putTxn(rec)
+		return &raftv1.CommandResult{Txn: rec}, nil
+	case rec == nil:
+		if r := checkChain(d.GetTxnId(), ts); r != nil {
+			return r, nil
+		}
+		if taken, err := a.idsTaken(d.GetTxnId(), ts); err != nil || taken {
+			if err != nil {
+				return nil, err
+			}
+			return reused(ts, nil), nil
+		}
+		rec, created = a.newRecord(d.GetTxnId(), ts), true
+	case len(ts) > 0 && !tombstone(rec) && !sameTransfers(rec.Transfers, ts):
+		return reused(ts, rec), nil
 	}
 	if rec.Decision != decNone {
 		// Conditional: the first decision stands; the caller reads it in the result.
-		return &raftv1.CommandResult{Txn: rec}, nil
+		return &raftv1.CommandResult{Txn: rec, Existed: len(ts) > 0}, nil
 	}
+	if msg := a.applyDecision(rec, d); msg != "" {
+		return refuse("%s", msg), nil
+	}
+	if created {
+		a.storeNew(rec)
+	} else {
+		a.putTxn(rec)
+	}
+	return &raftv1.CommandResult{Txn: rec}, nil
+}
+
+// applyDecision sets an undecided record's decision in memory; a refusal message, or
+// "" when the decision fits the record.
+func (a *Applier) applyDecision(rec *raftv1.TxnRecord, d *raftv1.DecideTxn) string {
 	pending := rec.Transfers[0].GetPending()
 	switch d.GetDecision() {
 	case decCommit, decHold:
 		if (d.GetDecision() == decHold) != pending {
-			return refuse("txn %q: %s does not fit a pending=%v transaction", rec.TxnId, d.GetDecision(), pending), nil
+			return fmt.Sprintf("txn %q: %s does not fit a pending=%v transaction", rec.TxnId, d.GetDecision(), pending)
 		}
 		if msg := allPrepared(rec, d.GetVotes()); msg != "" {
-			return refuse("txn %q: %s without a yes vote: %s", rec.TxnId, d.GetDecision(), msg), nil
+			return fmt.Sprintf("txn %q: %s without a yes vote: %s", rec.TxnId, d.GetDecision(), msg)
 		}
 		if pending {
 			rec.PendingState = statePending
 		}
 	case decAbort:
-		rec.Status, rec.Message, rec.FailedIndex = d.GetStatus(), d.GetMessage(), d.GetFailedIndex()
-		switch rec.Status {
-		case ledgerv1.TransferStatus_TRANSFER_STATUS_UNSPECIFIED, stCreated, stExists:
-			// An abort answers a failure, whatever the proposer said.
-			rec.Status = ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT
-		}
-		if rec.FailedIndex < -1 || int(rec.FailedIndex) >= len(rec.Transfers) {
-			rec.FailedIndex = -1
+		if msg := setAbort(rec, d); msg != "" {
+			return msg
 		}
 	default:
-		return refuse("txn %q: no decision given", rec.TxnId), nil
+		return fmt.Sprintf("txn %q: no decision given", rec.TxnId)
 	}
 	rec.Decision = d.GetDecision()
 	rec.DecidedAtUnixNano = a.now
-	a.putTxn(rec)
-	return &raftv1.CommandResult{Txn: rec}, nil
+	return ""
+}
+
+// setAbort records why a transaction aborts. An abort answers a failure, whatever the
+// proposer said.
+func setAbort(rec *raftv1.TxnRecord, d *raftv1.DecideTxn) string {
+	if d.GetDecision() != decAbort {
+		return fmt.Sprintf("txn %q: %s is not an abort", rec.TxnId, d.GetDecision())
+	}
+	rec.Status, rec.Message, rec.FailedIndex = d.GetStatus(), d.GetMessage(), d.GetFailedIndex()
+	switch rec.Status {
+	case ledgerv1.TransferStatus_TRANSFER_STATUS_UNSPECIFIED, stCreated, stExists:
+		rec.Status = ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT
+	}
+	if rec.FailedIndex < -1 || int(rec.FailedIndex) >= len(rec.Transfers) {
+		rec.FailedIndex = -1
+	}
+	return ""
 }
 
 // allPrepared checks that votes hold a PREPARED vote for every branch; "" when they do.
@@ -401,7 +505,7 @@ func (a *Applier) resolvePending(rp *raftv1.ResolvePending) (*raftv1.CommandResu
 	if err != nil {
 		return nil, err
 	}
-	if rec == nil || !rec.Transfers[0].GetPending() || rec.Transfers[0].GetId() != pid {
+	if rec == nil || tombstone(rec) || !rec.Transfers[0].GetPending() || rec.Transfers[0].GetId() != pid {
 		return fail(stPendingNF, fmt.Sprintf("pending transfer %q not found", pid), nil), nil
 	}
 	pt := rec.Transfers[0]

@@ -665,9 +665,7 @@ func TestDecide(t *testing.T) {
 			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command { return mtDecide(rec.TxnId, 99, mtYes(rec)...) }},
 		{name: "unknown txn", chain: 1, refused: "unknown txn",
 			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command { return mtDecide("nope", mtCommit, mtYes(rec)...) }},
-		{name: "unknown txn (abort)", chain: 1, refused: "unknown txn",
-			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command { return mtAbortCmd("nope", mtInsufficient, "", -1) }},
-		{name: "the second transfer of a chain is no txn", chain: 2, refused: "unknown txn",
+		{name: "the second transfer of a chain is no txn", chain: 2, refused: "is a transfer of txn",
 			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command {
 				return mtAbortCmd(rec.Transfers[1].Id, mtInsufficient, "", -1)
 			}},

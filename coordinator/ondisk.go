@@ -18,6 +18,7 @@ func NewCore(onApplied func(group uint64, results []*raftv1.BatchResult)) diskrs
 	return diskrsm.Core{
 		NewApplier: func(r ledger.Reader) (diskrsm.Applier, error) { return NewApplier(r) },
 		Read:       Read,
+		CacheEager: IsRecordKey,
 		OnApplied:  onApplied,
 	}
 }

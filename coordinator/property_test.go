@@ -163,7 +163,7 @@ func (m *pmModel) begin(b *raftv1.BeginTxn) pmExpect {
 	}
 	if x := m.txns[id]; x != nil {
 		e.begin = "reused"
-		if pmSame(x.transfers, ts) {
+		if x.transfers == nil || pmSame(x.transfers, ts) { // a tombstone answers any chain
 			e.begin = "existed"
 		}
 		return e
@@ -201,7 +201,14 @@ func pmAllYes(id string, n int, votes []*raftv1.Vote) bool {
 func (m *pmModel) decide(d *raftv1.DecideTxn) pmExpect {
 	x := m.txns[d.GetTxnId()]
 	if x == nil {
-		return pmExpect{refused: true}
+		// Presumed abort: an abort of a txn nobody began (an inquiry) is a tombstone,
+		// closed at once, unless the id is another txn's transfer.
+		if _, owned := m.owner[d.GetTxnId()]; owned || d.GetDecision() != mtAbort || ledger.ValidateID(d.GetTxnId()) != nil {
+			return pmExpect{refused: true}
+		}
+		x = &pmTxn{id: d.GetTxnId(), decision: mtAbort, forgotten: true, failedIdx: -1, status: d.GetStatus(), msg: d.GetMessage()}
+		m.txns[x.id] = x // not in m.order: the generator draws chains from there
+		return pmExpect{touched: []string{x.id}}
 	}
 	e := pmExpect{touched: []string{x.id}}
 	if x.decision != mtNone {
@@ -444,8 +451,9 @@ func (g *pmGen) begin() *raftv1.Command {
 	if len(ts) > 1 && g.chance(0.1) {
 		// A later transfer reuses a known id (a transfer of another txn or a post).
 		if g.chance(0.5) && len(g.m.order) > 0 {
-			other := g.m.txns[g.pick(g.m.order)].transfers
-			ts[len(ts)-1].Id = other[g.r.IntN(len(other))].GetId()
+			if other := g.m.txns[g.pick(g.m.order)].transfers; len(other) > 0 {
+				ts[len(ts)-1].Id = other[g.r.IntN(len(other))].GetId()
+			}
 		} else {
 			ts[len(ts)-1].Id = g.pick(g.m.postIDs)
 		}
@@ -455,7 +463,7 @@ func (g *pmGen) begin() *raftv1.Command {
 
 func (g *pmGen) votes(x *pmTxn, id string) []*raftv1.Vote {
 	n := 1
-	if x != nil {
+	if x != nil && len(x.transfers) > 0 {
 		n = len(x.transfers)
 	}
 	var vs []*raftv1.Vote

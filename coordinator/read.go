@@ -133,7 +133,7 @@ func Outcome(rec *raftv1.TxnRecord, existed bool) []*ledgerv1.TransferResult {
 	}
 	out := make([]*ledgerv1.TransferResult, len(rec.Transfers))
 	ok := rec.Decision == decCommit || rec.Decision == decHold ||
-		(rec.Transfers[0].GetPending() && rec.PendingState != ledgerv1.TransferState_TRANSFER_STATE_UNSPECIFIED)
+		(len(rec.Transfers) > 0 && rec.Transfers[0].GetPending() && rec.PendingState != ledgerv1.TransferState_TRANSFER_STATE_UNSPECIFIED)
 	for i, t := range rec.Transfers {
 		r := &ledgerv1.TransferResult{Id: t.GetId()}
 		switch {

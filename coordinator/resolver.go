@@ -102,13 +102,14 @@ func (r *Resolver) inquire(ctx context.Context, txnID string, branches []*raftv1
 	if err != nil {
 		return
 	}
-	if len(res.Txns) == 0 {
-		r.log.Error("prepared branch names a transaction its coordinator does not know", "txn", txnID, "group", group)
-		return
+	var rec *raftv1.TxnRecord
+	if len(res.Txns) > 0 {
+		rec = res.Txns[0]
 	}
-	rec := res.Txns[0]
-	switch rec.Decision {
-	case decNone:
+	switch {
+	case rec == nil || rec.Decision == decNone:
+		// Nobody decided (presumed abort: the router that prepared the branches never
+		// logged a decision, or a driver has not yet): log an abort first, conditionally.
 		dec := &raftv1.DecideTxn{TxnId: txnID, Decision: decAbort, FailedIndex: -1,
 			Status: ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, Message: "a participant's prepared branch timed out"}
 		out, err := r.cl.Propose(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}})
@@ -116,18 +117,39 @@ func (r *Resolver) inquire(ctx context.Context, txnID string, branches []*raftv1
 			return
 		}
 		rec = out.Txn // the decision that stands (maybe a commit logged first)
-	case decHold:
-		return // a two-phase transfer holds its reservation until post, void or expiry
 	}
-	commit := rec.Decision == decCommit
-	refs := make([]*raftv1.BranchRef, len(branches))
-	for i, b := range branches {
-		refs[i] = &raftv1.BranchRef{TxnId: b.TxnId, Index: b.Index, AccountId: b.AccountId}
-		if commit {
-			refs[i].Amount = rec.CommitAmount
+	// A branch the record does not list (a transaction id reused with other accounts)
+	// is never committed by anyone: abort it. The record's own branches follow the
+	// decision; a held (two-phase) transfer keeps its reservation until post, void or
+	// expiry.
+	member := make(map[uint32]string, len(rec.Branches))
+	for _, b := range rec.Branches {
+		member[b.Index] = b.AccountId
+	}
+	var commitRefs, abortRefs []*raftv1.BranchRef
+	for _, b := range branches {
+		ref := &raftv1.BranchRef{TxnId: b.TxnId, Index: b.Index, AccountId: b.AccountId}
+		acct, ok := member[b.Index]
+		switch {
+		case !ok || acct != b.AccountId:
+			abortRefs = append(abortRefs, ref)
+		case rec.Decision == decHold:
+		case rec.Decision == decCommit:
+			ref.Amount = rec.CommitAmount
+			commitRefs = append(commitRefs, ref)
+		default:
+			abortRefs = append(abortRefs, ref)
 		}
 	}
-	if _, err := r.cl.ResolveBranches(ctx, refs, commit); err != nil {
-		r.log.Warn("resolve branches after inquiry", "txn", txnID, "err", err)
+	for _, side := range []struct {
+		refs   []*raftv1.BranchRef
+		commit bool
+	}{{commitRefs, true}, {abortRefs, false}} {
+		if len(side.refs) == 0 {
+			continue
+		}
+		if _, err := r.cl.ResolveBranches(ctx, side.refs, side.commit); err != nil {
+			r.log.Warn("resolve branches after inquiry", "txn", txnID, "err", err)
+		}
 	}
 }

@@ -62,6 +62,14 @@ func (a *Applier) prepare(p *raftv1.PrepareBranches) (*raftv1.CommandResult, err
 			return nil, err
 		}
 		if old != nil {
+			// A retry sees its branch as it stands (an aborted or refused one refuses the
+			// late prepare). A prepared or committed branch with other fields under the
+			// same key (a transaction id reused) is not this branch: refused, left alone.
+			if (old.State == brPrepared || old.State == brCommitted) && !sameBranch(old.Branch, b) {
+				res.Votes = append(res.Votes, &raftv1.Vote{TxnId: b.TxnId, Index: b.Index, State: brRefused, Status: stIDReused,
+					Message: fmt.Sprintf("branch %q/%d exists with different fields", b.TxnId, b.Index)})
+				continue
+			}
 			res.Votes = append(res.Votes, voteOf(old, ""))
 			continue
 		}
@@ -81,6 +89,11 @@ func (a *Applier) prepare(p *raftv1.PrepareBranches) (*raftv1.CommandResult, err
 		res.Votes = append(res.Votes, voteOf(rec, msg))
 	}
 	return res, nil
+}
+
+func sameBranch(a, b *raftv1.Branch) bool {
+	return a.GetAccountId() == b.GetAccountId() && a.GetDebit() == b.GetDebit() &&
+		a.GetAmount() == b.GetAmount() && a.GetCurrency() == b.GetCurrency()
 }
 
 func validateBranch(txnID, accountID string) error {

@@ -69,5 +69,8 @@ func preparedKey(branchKey []byte) []byte { return append([]byte{prefixPrepared}
 
 func pendingKey(transferKey []byte) []byte { return append([]byte{prefixPending}, transferKey...) }
 
-// IsAccountKey tells whether a stored key holds an account.
-func IsAccountKey(key []byte) bool { return len(key) > 0 && key[0] == prefixAccount }
+// IsHotKey tells whether a stored key is read back soon after it is written: accounts,
+// and branches (a prepared branch is read again by its commit or abort).
+func IsHotKey(key []byte) bool {
+	return len(key) > 0 && (key[0] == prefixAccount || key[0] == prefixBranch)
+}

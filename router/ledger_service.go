@@ -264,26 +264,31 @@ func (r *Router) CreateTransfers(ctx context.Context, req *connect.Request[ledge
 		wg       sync.WaitGroup
 		crossErr error
 	)
-	for _, u := range cross {
+	if len(cross) > 0 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			chain := make([]*ledgerv1.Transfer, len(u.items))
-			for k, i := range u.items {
-				chain[k] = ts[i]
+			chains := make([][]*ledgerv1.Transfer, len(cross))
+			for c, u := range cross {
+				chains[c] = make([]*ledgerv1.Transfer, len(u.items))
+				for k, i := range u.items {
+					chains[c][k] = ts[i]
+				}
 			}
-			res, err := r.runTxn(ctx, m, chain)
+			res, errs := r.runTxns(ctx, m, chains)
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil {
-				if crossErr == nil {
-					crossErr = err
+			for c, u := range cross {
+				if errs[c] != nil {
+					if crossErr == nil {
+						crossErr = errs[c]
+					}
+					continue
 				}
-				return
-			}
-			for k, i := range u.items {
-				if k < len(res) {
-					results[i] = res[k]
+				for k, i := range u.items {
+					if k < len(res[c]) {
+						results[i] = res[c][k]
+					}
 				}
 			}
 		}()

@@ -34,12 +34,6 @@ type Backend interface {
 
 var _ Backend = (*node.Node)(nil)
 
-// DecisionWaiter is what a backend may offer to tell the router when its local replica
-// applies a transaction's decision (instead of polling).
-type DecisionWaiter interface {
-	WaitDecision(txnID string) (<-chan *raftv1.TxnRecord, func())
-}
-
 // Options bound the router's work.
 type Options struct {
 	// ProposalTimeout bounds one raft proposal or read.
@@ -57,8 +51,10 @@ type Options struct {
 	// TxnInflightMax bounds the cross-shard transactions this router waits on at once;
 	// past it: resource_exhausted.
 	TxnInflightMax int
-	// DecisionPollMax bounds the wait between looks at a transaction's decision.
-	DecisionPollMax time.Duration
+	// BeforeDecide, for tests: runs once a cross-shard transaction's branches are
+	// prepared, before its decision is proposed; an error stops there (the router
+	// "dies": the branches stay prepared with no decision logged).
+	BeforeDecide func(ctx context.Context, txnID string) error
 	// AfterDecision, for tests: runs once a cross-shard transaction is decided, before
 	// the client is answered; an error replaces the answer (a lost response).
 	AfterDecision func(txnID string) error
@@ -90,9 +86,6 @@ func (o *Options) setDefaults() {
 	}
 	if o.TxnInflightMax == 0 {
 		o.TxnInflightMax = 10_000
-	}
-	if o.DecisionPollMax == 0 {
-		o.DecisionPollMax = 20 * time.Millisecond
 	}
 	if o.Now == nil {
 		o.Now = time.Now

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 
 	"connectrpc.com/connect"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/shardledger/shardledger/coordinator"
 	"github.com/shardledger/shardledger/ledger"
@@ -166,49 +167,117 @@ func (r *Router) reserveTxns(n int) error {
 
 func (r *Router) releaseTxns(n int) { r.txns.Add(-int64(n)) }
 
-// runTxn runs a cross-shard chain (or one transfer, or a post/void of a cross-shard
-// pending transfer) through its coordinator and answers once the decision is applied.
-func (r *Router) runTxn(ctx context.Context, m *raftv1.ShardMap, chain []*ledgerv1.Transfer) ([]*ledgerv1.TransferResult, error) {
+// runTxns runs a request's cross-shard chains (single transfers or linked chains; or
+// posts/voids of cross-shard pending transfers) and answers each once its decision is
+// durable. Presumed abort: the router prepares every branch of every chain first (one
+// command per shard for the whole request), then logs each chain's decision with its
+// transfers in its coordinator group, which creates the record already decided; the
+// group's driver then commits or aborts the branches. A router that dies between the
+// two leaves prepared branches that no record names; their shards ask the coordinator
+// after a while, which logs an abort for them (a decision sent later reads it).
+func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*ledgerv1.Transfer) ([][]*ledgerv1.TransferResult, []error) {
+	out := make([][]*ledgerv1.TransferResult, len(chains))
+	errs := make([]error, len(chains))
 	if len(m.CoordinatorGroups) == 0 {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("the cluster has no coordinator group"))
+		for i := range errs {
+			errs[i] = connect.NewError(connect.CodeFailedPrecondition, errors.New("the cluster has no coordinator group"))
+		}
+		return out, errs
 	}
+	var wg sync.WaitGroup
+	// Posts and voids of held transactions are decided by the coordinator alone.
+	var txns []int
+	for i, chain := range chains {
+		if pendingRef(chain[0]) == "" {
+			txns = append(txns, i)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i], errs[i] = r.resolvePending(ctx, m, chain[0])
+		}()
+	}
+	// Prepare every branch of every transaction: one command per shard.
+	branches := make([][]*raftv1.Branch, len(chains))
+	var all []*raftv1.Branch
+	for _, i := range txns {
+		branches[i] = coordinator.Branches(chains[i][0].GetId(), chains[i])
+		all = append(all, branches[i]...)
+	}
+	var votes []*raftv1.Vote
+	var prepErr error
+	if len(all) > 0 {
+		votes, prepErr = r.PrepareBranches(ctx, all)
+	}
+	if len(votes) != len(all) { // a missing vote decides an abort (timed out)
+		votes = make([]*raftv1.Vote, len(all))
+	}
+	if prepErr != nil && ctx.Err() != nil {
+		// Unknown outcome: the client retries with the same ids; prepared branches are
+		// resolved by their shards' inquiry.
+		for _, i := range txns {
+			errs[i] = prepErr
+		}
+		wg.Wait()
+		return out, errs
+	}
+	k := 0
+	for _, i := range txns {
+		mine := votes[k : k+len(branches[i])]
+		k += len(branches[i])
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[i], errs[i] = r.decide(ctx, m, chains[i], branches[i], mine)
+		}()
+	}
+	wg.Wait()
+	return out, errs
+}
 
-	first := chain[0]
-	if p := pendingRef(first); p != "" {
-		group := coordinator.GroupOf(p, m.CoordinatorGroups)
-		res, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_ResolvePending{ResolvePending: &raftv1.ResolvePending{Transfer: first}}}, 1)
-		if err != nil {
+// resolvePending posts or voids a cross-shard pending transfer through its coordinator.
+func (r *Router) resolvePending(ctx context.Context, m *raftv1.ShardMap, t *ledgerv1.Transfer) ([]*ledgerv1.TransferResult, error) {
+	group := coordinator.GroupOf(pendingRef(t), m.CoordinatorGroups)
+	res, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_ResolvePending{ResolvePending: &raftv1.ResolvePending{Transfer: t}}}, 1)
+	if err != nil {
+		return nil, err
+	}
+	if res.Refusal != raftv1.Refusal_REFUSAL_UNSPECIFIED || len(res.Transfers) != 1 {
+		return nil, fmt.Errorf("coordinator refused the post/void: %s", res.Message)
+	}
+	return res.Transfers, nil
+}
+
+// decide logs a prepared chain's decision (creating its record) and answers from the
+// decision that stands.
+func (r *Router) decide(ctx context.Context, m *raftv1.ShardMap, chain []*ledgerv1.Transfer, branches []*raftv1.Branch, votes []*raftv1.Vote) ([]*ledgerv1.TransferResult, error) {
+	txnID := chain[0].GetId()
+	group := coordinator.GroupOf(txnID, m.CoordinatorGroups)
+	dec := coordinator.DecisionFromVotes(txnID, chain, chain, votes)
+	if h := r.opts.BeforeDecide; h != nil {
+		if err := h(ctx, txnID); err != nil {
 			return nil, err
 		}
-		if res.Refusal != raftv1.Refusal_REFUSAL_UNSPECIFIED || len(res.Transfers) != 1 {
-			return nil, fmt.Errorf("coordinator refused the post/void: %s", res.Message)
-		}
+	}
+	res, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}}, len(chain))
+	if err != nil {
+		return nil, err // unknown outcome: a retry with the same ids reads the decision
+	}
+	if len(res.Transfers) > 0 { // ID_REUSED: this chain is not the transaction its id names
+		r.releaseStray(ctx, group, txnID, branches, res.Txn)
 		return res.Transfers, nil
 	}
-	group := coordinator.GroupOf(first.GetId(), m.CoordinatorGroups)
-	// Register for the decision before proposing, so the wake-up cannot be missed.
-	var wake <-chan *raftv1.TxnRecord
-	if _, b := r.backend(group); b != nil {
-		if w, ok := b.(DecisionWaiter); ok {
-			ch, cancel := w.WaitDecision(first.GetId())
-			defer cancel()
-			wake = ch
-		}
+	rec := res.Txn
+	if res.Refusal != raftv1.Refusal_REFUSAL_UNSPECIFIED || rec == nil {
+		return nil, fmt.Errorf("coordinator refused the decision: %s", res.Message)
 	}
-	begin := &raftv1.BeginTxn{TxnId: first.GetId(), Transfers: chain}
-	res, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_BeginTxn{BeginTxn: begin}}, len(chain))
-	if err != nil {
-		return nil, err
-	}
-	if len(res.Transfers) > 0 {
-		return res.Transfers, nil // ID_REUSED
-	}
-	if res.Refusal != raftv1.Refusal_REFUSAL_UNSPECIFIED || res.Txn == nil {
-		return nil, fmt.Errorf("coordinator refused the transaction: %s", res.Message)
-	}
-	rec, err := r.waitDecided(ctx, group, res.Txn, wake)
-	if err != nil {
-		return nil, err
+	if len(rec.Transfers) == 0 {
+		// An abort logged on a participant's inquiry before this decision: nothing
+		// drives this chain's branches but this router (and, later, the inquiries).
+		r.releaseStray(ctx, group, txnID, branches, rec)
+		rec = proto.Clone(rec).(*raftv1.TxnRecord)
+		rec.Transfers = chain
 	}
 	if h := r.opts.AfterDecision; h != nil {
 		if err := h(rec.TxnId); err != nil {
@@ -218,39 +287,37 @@ func (r *Router) runTxn(ctx context.Context, m *raftv1.ShardMap, chain []*ledger
 	return coordinator.Outcome(rec, res.Existed), nil
 }
 
-// waitDecided waits until the transaction's decision is applied: woken by the local
-// replica's apply hook when the backend offers one, and polling (stale reads: a decision
-// seen on any replica is committed) in any case, in case the decision was applied
-// elsewhere first.
-func (r *Router) waitDecided(ctx context.Context, group uint64, rec *raftv1.TxnRecord, wake <-chan *raftv1.TxnRecord) (*raftv1.TxnRecord, error) {
-	q := &raftv1.Query{Op: &raftv1.Query_Txns{Txns: &raftv1.IdList{Ids: []string{rec.TxnId}}}}
-	poll := r.opts.DecisionPollMax
-	if wake == nil {
-		poll = min(poll, 2*time.Millisecond)
+// releaseStray aborts the branches this router prepared that the transaction's record
+// does not own (rec nil: the record is not known; an abort is logged first, on
+// condition). A branch the record owns is left to the coordinator's driver; one it does
+// not own is never committed by anyone, so aborting it is safe. Best effort: the shards'
+// inquiry is the safety net.
+func (r *Router) releaseStray(ctx context.Context, group uint64, txnID string, mine []*raftv1.Branch, rec *raftv1.TxnRecord) {
+	if rec == nil {
+		dec := &raftv1.DecideTxn{TxnId: txnID, Decision: raftv1.TxnDecision_TXN_DECISION_ABORT, FailedIndex: -1,
+			Status: ledgerv1.TransferStatus_TRANSFER_STATUS_ID_REUSED, Message: "a transfer id of the chain belongs to another transaction"}
+		res, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}}, 1)
+		if err != nil || res.Txn == nil {
+			return
+		}
+		rec = res.Txn
 	}
-	for attempt := 0; !coordinator.Decided(rec); attempt++ {
-		t := time.NewTimer(min(time.Millisecond<<min(attempt, 6), poll))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("waiting for the decision of %q: %w", rec.TxnId, ctx.Err())
-		case d := <-wake:
-			t.Stop()
-			if d != nil && d.TxnId == rec.TxnId {
-				rec = d
-				continue
-			}
-		case <-t.C:
-		}
-		res, err := r.Query(ctx, group, q, true)
-		if err != nil {
-			continue
-		}
-		if len(res.Txns) == 1 {
-			rec = res.Txns[0]
+	owned := make(map[uint32]string, len(rec.Branches))
+	for _, b := range rec.Branches {
+		owned[b.Index] = b.AccountId
+	}
+	abort := rec.Decision == raftv1.TxnDecision_TXN_DECISION_ABORT
+	var stray []*raftv1.BranchRef
+	for _, b := range mine {
+		if acct, ok := owned[b.Index]; abort || !ok || acct != b.AccountId {
+			stray = append(stray, &raftv1.BranchRef{TxnId: b.TxnId, Index: b.Index, AccountId: b.AccountId})
 		}
 	}
-	return rec, nil
+	if len(stray) > 0 {
+		if _, err := r.ResolveBranches(ctx, stray, false); err != nil {
+			r.log.Warn("release stray branches; the shards' inquiry will", "txn", txnID, "err", err)
+		}
+	}
 }
 
 // commandSize is the number of items a command carries (what BatchItemsMax counts).

@@ -172,7 +172,7 @@ func runStart(ctx context.Context, log *slog.Logger, args []string) error {
 	log.Info("node started", "node", *id, "raft", *raftAddr)
 	// The node's router proposes through the local replicas (dragonboat forwards to each
 	// group's leader); the coordinator drivers and the resolver act through it.
-	r, err := router.New([]router.Backend{cluster.NodeBackend{Node: n, Hub: hub}}, router.Options{Logger: log})
+	r, err := router.New([]router.Backend{n}, router.Options{Logger: log})
 	if err != nil {
 		return err
 	}

@@ -248,30 +248,3 @@ func (l *Local) Close() {
 		l.StopNode(i)
 	}
 }
-
-// WaitDecision implements router.DecisionWaiter through the node's hub.
-func (b *Backend) WaitDecision(txnID string) (<-chan *raftv1.TxnRecord, func()) {
-	b.mu.RLock()
-	h := b.hub
-	b.mu.RUnlock()
-	if h == nil {
-		return nil, func() {}
-	}
-	return h.Wait(txnID)
-}
-
-// NodeBackend is a single node with its hub: the router backend of `ledgerd start`.
-type NodeBackend struct {
-	*node.Node
-	Hub *coordinator.Hub
-}
-
-// WaitDecision implements router.DecisionWaiter.
-func (b NodeBackend) WaitDecision(txnID string) (<-chan *raftv1.TxnRecord, func()) {
-	return b.Hub.Wait(txnID)
-}
-
-var (
-	_ router.DecisionWaiter = (*Backend)(nil)
-	_ router.DecisionWaiter = NodeBackend{}
-)

@@ -174,9 +174,9 @@ func (l *load) verify(t *testing.T, tc *testCluster) {
 	t.Logf("%d transfers tried, %d acknowledged, %d failed finally, %d present", len(ids), acked, failed, len(present))
 }
 
-// killHook returns agent options whose driver blocks (until stopped) at the chosen
-// point on the node named by victim, reporting the first txn it holds.
-func killHook(victim *atomic.Uint64, reached chan<- string, beforeResolve bool) func(uint64) AgentOptions {
+// killHook returns agent options whose driver blocks (until stopped) before resolving
+// branches on the node named by victim, reporting the first txn it holds.
+func killHook(victim *atomic.Uint64, reached chan<- string) func(uint64) AgentOptions {
 	return func(id uint64) AgentOptions {
 		block := func(ctx context.Context, txn string) {
 			if victim.Load() != id {
@@ -188,21 +188,64 @@ func killHook(victim *atomic.Uint64, reached chan<- string, beforeResolve bool) 
 			}
 			<-ctx.Done()
 		}
-		h := coordinator.Hooks{BeforeDecide: block}
-		if beforeResolve {
-			h = coordinator.Hooks{BeforeResolve: block}
-		}
 		return AgentOptions{
-			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond, PrepareTimeout: 5 * time.Second, Hooks: h},
+			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond, PrepareTimeout: 5 * time.Second, Hooks: coordinator.Hooks{BeforeResolve: block}},
 			Resolver: coordinator.ResolverOptions{InquireAfter: 3 * time.Second, Interval: 200 * time.Millisecond},
 		}
 	}
 }
 
-func testCoordinatorLeaderKilled(t *testing.T, beforeResolve bool) {
+// TestCoordinatorLeaderKilledBeforeDecision: a transaction's branches are prepared and
+// the router is held before logging its decision; the coordinator leader is killed;
+// let go, the router logs the decision with the new leader.
+func TestCoordinatorLeaderKilledBeforeDecision(t *testing.T) {
+	var hold atomic.Bool
+	reached := make(chan string, 1)
+	release := make(chan struct{})
+	fc := startFaultCluster(t, func(c *Config) {
+		c.Router.BeforeDecide = func(ctx context.Context, txn string) error {
+			if !hold.CompareAndSwap(true, false) {
+				return nil
+			}
+			reached <- txn
+			select {
+			case <-release:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		c.Agents = AgentOptions{Resolver: coordinator.ResolverOptions{InquireAfter: 3 * time.Second, Interval: 200 * time.Millisecond}}
+	})
+	l := startLoad(t, fc.testCluster, "k", 6)
+	l.waitAcked(t, 50)
+	hold.Store(true)
+	var held string
+	select {
+	case held = <-reached:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no transaction reached its decision point")
+	}
+	leader := fc.leaderOf(t, meta.CoordinatorGroupBase)
+	fc.StopNode(leader)
+	t.Logf("killed coordinator leader node %d while txn %s is prepared and undecided", leader+1, held)
+	close(release)
+	l.waitAcked(t, 50) // the new leader takes the held decision and new transactions
+	l.finish()
+	l.verify(t, fc.testCluster)
+	if err := fc.StartNode(leader); err != nil {
+		t.Fatal(err)
+	}
+	waitConverged(t, fc.Local)
+}
+
+// TestCoordinatorLeaderKilledAfterDecision: the coordinator leader's driver is held
+// after a commit decision, before committing the branches, and its node is killed; the
+// new leader commits them.
+func TestCoordinatorLeaderKilledAfterDecision(t *testing.T) {
 	var victim atomic.Uint64
 	reached := make(chan string, 1)
-	fc := startFaultCluster(t, func(c *Config) { c.AgentsFor = killHook(&victim, reached, beforeResolve) })
+	fc := startFaultCluster(t, func(c *Config) { c.AgentsFor = killHook(&victim, reached) })
 	l := startLoad(t, fc.testCluster, "k", 6)
 	l.waitAcked(t, 50)
 	leader := fc.leaderOf(t, meta.CoordinatorGroupBase)
@@ -213,7 +256,7 @@ func testCoordinatorLeaderKilled(t *testing.T, beforeResolve bool) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the coordinator leader's driver never reached the hook")
 	}
-	fc.StopNode(leader) // its drivers stop where they are: the decision (or commits) never sent
+	fc.StopNode(leader) // its driver stops where it is: the commits never sent
 	victim.Store(0)
 	t.Logf("killed coordinator leader node %d holding txn %s", leader+1, held)
 	l.waitAcked(t, 50) // the new leader drives old and new transactions
@@ -223,7 +266,7 @@ func testCoordinatorLeaderKilled(t *testing.T, beforeResolve bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if beforeResolve && len(res.Msg.Transfers) != 1 {
+	if len(res.Msg.Transfers) != 1 {
 		t.Fatalf("txn %s was decided (commit) before the kill but is not present", held)
 	}
 	if err := fc.StartNode(leader); err != nil {
@@ -231,10 +274,6 @@ func testCoordinatorLeaderKilled(t *testing.T, beforeResolve bool) {
 	}
 	waitConverged(t, fc.Local)
 }
-
-func TestCoordinatorLeaderKilledBeforeDecision(t *testing.T) { testCoordinatorLeaderKilled(t, false) }
-
-func TestCoordinatorLeaderKilledAfterDecision(t *testing.T) { testCoordinatorLeaderKilled(t, true) }
 
 func TestCoordinatorLeaderPartitionedThenHealed(t *testing.T) {
 	fc := startFaultCluster(t, nil)
@@ -348,26 +387,28 @@ func TestPendingExpiresWhileCoordinatorLeaderDown(t *testing.T) {
 	waitConverged(t, fc.Local)
 }
 
-// TestParticipantInquiryAbortsUndecided holds every coordinator driver before its
-// decision: the participants' resolver finds its branches prepared too long, asks the
-// coordinator, which logs an abort first; when the drivers are let go, their late
-// decisions cannot contradict it.
+// TestParticipantInquiryAbortsUndecided holds the router after the branches are
+// prepared, before it logs the decision (as if it died): the participants' resolver
+// finds its branches prepared too long, asks the coordinator, which knows no decision
+// and logs an abort; when the router is let go, its late commit reads that abort.
 func TestParticipantInquiryAbortsUndecided(t *testing.T) {
-	release := make(chan struct{})
 	var held atomic.Int64
 	fc := startFaultCluster(t, func(c *Config) {
-		c.AgentsFor = func(uint64) AgentOptions {
-			return AgentOptions{
-				Driver: coordinator.DriverOptions{Tick: 10 * time.Millisecond, Hooks: coordinator.Hooks{
-					BeforeDecide: func(ctx context.Context, _ string) {
-						held.Add(1)
-						select {
-						case <-release:
-						case <-ctx.Done():
-						}
-					}}},
-				Resolver: coordinator.ResolverOptions{InquireAfter: time.Second, Interval: 100 * time.Millisecond},
+		c.Router.BeforeDecide = func(ctx context.Context, txn string) error {
+			if !strings.HasPrefix(txn, "inq-") {
+				return nil
 			}
+			held.Add(1)
+			select {
+			case <-time.After(4 * time.Second): // past the inquiry (1 s) and its abort
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		c.Agents = AgentOptions{
+			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond},
+			Resolver: coordinator.ResolverOptions{InquireAfter: time.Second, Interval: 100 * time.Millisecond},
 		}
 	})
 	a, b := idsOnShard("inq-a", 1, 1)[0], idsOnShard("inq-b", 3, 1)[0]
@@ -381,9 +422,8 @@ func TestParticipantInquiryAbortsUndecided(t *testing.T) {
 		t.Fatalf("want TIMED_OUT (aborted on a participant's inquiry), got %v %s", s, res.Msg.Results[0].Message)
 	}
 	if held.Load() == 0 {
-		t.Fatal("the driver never reached its decision point")
+		t.Fatal("the router never reached its decision point")
 	}
-	close(release)
 	waitQuiescent(t, fc.testCluster)
 	accs := getAccounts(t, fc.client, []string{a, b})
 	if accs[a].DebitsPosted != 0 || accs[a].DebitsPending != 0 || accs[b].CreditsPosted != 0 || accs[b].CreditsPending != 0 {
@@ -393,6 +433,10 @@ func TestParticipantInquiryAbortsUndecided(t *testing.T) {
 		Transfers: []*ledgerv1.Transfer{transfer("inq-1", a, b, 9)}}))
 	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT {
 		t.Fatalf("retry must keep the outcome: %v %v", res, err)
+	}
+	gt, err := fc.client.GetTransfers(context.Background(), connect.NewRequest(&ledgerv1.GetTransfersRequest{Ids: []string{"inq-1"}}))
+	if err != nil || len(gt.Msg.Transfers) != 0 {
+		t.Fatalf("an aborted transfer reads as present: %v %v", gt, err)
 	}
 }
 

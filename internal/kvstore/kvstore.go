@@ -11,6 +11,7 @@ import (
 	"io"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/bloom"
 )
 
 // AppliedKey holds the raft index of the last applied entry, written in the same batch
@@ -24,7 +25,8 @@ var ErrStopped = errors.New("snapshot stopped")
 
 // Limits.
 const (
-	cacheBytes          = 8 << 20
+	cacheBytes          = 32 << 20
+	bloomBitsPerKey     = 10
 	memTableBytes       = 8 << 20
 	snapshotBatchBytes  = 4 << 20
 	snapshotKeyBytesMax = 1 << 16
@@ -40,8 +42,16 @@ type Store struct {
 func Open(dir string) (*Store, error) {
 	cache := pebble.NewCache(cacheBytes)
 	defer cache.Unref()
+	// Bloom filters on every level: the apply path looks up many keys that do not exist
+	// yet (a new transfer id, branch or transaction), and without a filter each such miss
+	// reads a block of every sstable whose key range covers it.
+	levels := make([]pebble.LevelOptions, 7)
+	for i := range levels {
+		levels[i] = pebble.LevelOptions{FilterPolicy: bloom.FilterPolicy(bloomBitsPerKey), FilterType: pebble.TableFilter}
+	}
 	db, err := pebble.Open(dir, &pebble.Options{
 		Cache:        cache,
+		Levels:       levels,
 		MemTableSize: memTableBytes,
 		MaxOpenFiles: 256,
 		Logger:       quietLogger{},

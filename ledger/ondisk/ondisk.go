@@ -23,7 +23,7 @@ type StateMachine = diskrsm.StateMachine
 var Core = diskrsm.Core{
 	NewApplier: func(r ledger.Reader) (diskrsm.Applier, error) { return ledger.NewApplier(r) },
 	Read:       Read,
-	CacheEager: ledger.IsAccountKey,
+	CacheEager: ledger.IsHotKey,
 }
 
 // Factory returns dragonboat's constructor for shard replicas stored under dataDir.

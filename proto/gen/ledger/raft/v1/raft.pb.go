@@ -701,6 +701,11 @@ func (x *BeginTxn) GetTransfers() []*v1.Transfer {
 }
 
 // DecideTxn logs a decision; conditional: a second, different decision is refused.
+//
+// Presumed abort: the router prepares the branches first and sends the decision with
+// the transfers; the record is created decided (no BeginTxn). A decision for a txn
+// the group does not know, sent without transfers (a participant's inquiry), logs an
+// ABORT tombstone: whoever decides later reads that abort.
 type DecideTxn struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	TxnId    string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
@@ -711,7 +716,10 @@ type DecideTxn struct {
 	Status  v1.TransferStatus `protobuf:"varint,4,opt,name=status,proto3,enum=ledger.v1.TransferStatus" json:"status,omitempty"`
 	Message string            `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
 	// With ABORT: the transfer (index in the txn) whose branch failed, or -1.
-	FailedIndex   int32 `protobuf:"varint,6,opt,name=failed_index,json=failedIndex,proto3" json:"failed_index,omitempty"`
+	FailedIndex int32 `protobuf:"varint,6,opt,name=failed_index,json=failedIndex,proto3" json:"failed_index,omitempty"`
+	// The transaction's transfers (a single transfer or a linked chain), when the
+	// decision creates the record.
+	Transfers     []*v1.Transfer `protobuf:"bytes,7,rep,name=transfers,proto3" json:"transfers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -786,6 +794,13 @@ func (x *DecideTxn) GetFailedIndex() int32 {
 		return x.FailedIndex
 	}
 	return 0
+}
+
+func (x *DecideTxn) GetTransfers() []*v1.Transfer {
+	if x != nil {
+		return x.Transfers
+	}
+	return nil
 }
 
 // ForgetTxn closes a decided transaction once every branch acknowledged its resolution.
@@ -2919,14 +2934,15 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\x10debit_account_id\x18\x02 \x01(\tR\x0edebitAccountId\"T\n" +
 	"\bBeginTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x121\n" +
-	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\"\xf7\x01\n" +
+	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\"\xaa\x02\n" +
 	"\tDecideTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.ledger.raft.v1.TxnDecisionR\bdecision\x12*\n" +
 	"\x05votes\x18\x03 \x03(\v2\x14.ledger.raft.v1.VoteR\x05votes\x121\n" +
 	"\x06status\x18\x04 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12!\n" +
-	"\ffailed_index\x18\x06 \x01(\x05R\vfailedIndex\"\"\n" +
+	"\ffailed_index\x18\x06 \x01(\x05R\vfailedIndex\x121\n" +
+	"\ttransfers\x18\a \x03(\v2\x13.ledger.v1.TransferR\ttransfers\"\"\n" +
 	"\tForgetTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\"A\n" +
 	"\x0eResolvePending\x12/\n" +
@@ -3202,52 +3218,53 @@ var file_ledger_raft_v1_raft_proto_depIdxs = []int32{
 	0,  // 14: ledger.raft.v1.DecideTxn.decision:type_name -> ledger.raft.v1.TxnDecision
 	24, // 15: ledger.raft.v1.DecideTxn.votes:type_name -> ledger.raft.v1.Vote
 	39, // 16: ledger.raft.v1.DecideTxn.status:type_name -> ledger.v1.TransferStatus
-	38, // 17: ledger.raft.v1.ResolvePending.transfer:type_name -> ledger.v1.Transfer
-	38, // 18: ledger.raft.v1.TxnRecord.transfers:type_name -> ledger.v1.Transfer
-	17, // 19: ledger.raft.v1.TxnRecord.branches:type_name -> ledger.raft.v1.Branch
-	0,  // 20: ledger.raft.v1.TxnRecord.decision:type_name -> ledger.raft.v1.TxnDecision
-	39, // 21: ledger.raft.v1.TxnRecord.status:type_name -> ledger.v1.TransferStatus
-	40, // 22: ledger.raft.v1.TxnRecord.pending_state:type_name -> ledger.v1.TransferState
-	41, // 23: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
-	38, // 24: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
-	17, // 25: ledger.raft.v1.PrepareBranches.branches:type_name -> ledger.raft.v1.Branch
-	20, // 26: ledger.raft.v1.ResolveBranches.branches:type_name -> ledger.raft.v1.BranchRef
-	23, // 27: ledger.raft.v1.BatchResult.results:type_name -> ledger.raft.v1.CommandResult
-	1,  // 28: ledger.raft.v1.CommandResult.refusal:type_name -> ledger.raft.v1.Refusal
-	42, // 29: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
-	43, // 30: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
-	24, // 31: ledger.raft.v1.CommandResult.votes:type_name -> ledger.raft.v1.Vote
-	13, // 32: ledger.raft.v1.CommandResult.txn:type_name -> ledger.raft.v1.TxnRecord
-	2,  // 33: ledger.raft.v1.Vote.state:type_name -> ledger.raft.v1.BranchState
-	39, // 34: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
-	17, // 35: ledger.raft.v1.StoredBranch.branch:type_name -> ledger.raft.v1.Branch
-	2,  // 36: ledger.raft.v1.StoredBranch.state:type_name -> ledger.raft.v1.BranchState
-	39, // 37: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
-	38, // 38: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
-	39, // 39: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
-	3,  // 40: ledger.raft.v1.Event.kind:type_name -> ledger.raft.v1.EventKind
-	41, // 41: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
-	38, // 42: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
-	17, // 43: ledger.raft.v1.Event.branch:type_name -> ledger.raft.v1.Branch
-	30, // 44: ledger.raft.v1.Query.accounts:type_name -> ledger.raft.v1.IdList
-	30, // 45: ledger.raft.v1.Query.transfers:type_name -> ledger.raft.v1.IdList
-	30, // 46: ledger.raft.v1.Query.txns:type_name -> ledger.raft.v1.IdList
-	41, // 47: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
-	38, // 48: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
-	27, // 49: ledger.raft.v1.QueryResult.shard_state:type_name -> ledger.raft.v1.ShardState
-	25, // 50: ledger.raft.v1.QueryResult.prepared:type_name -> ledger.raft.v1.StoredBranch
-	26, // 51: ledger.raft.v1.QueryResult.pending:type_name -> ledger.raft.v1.StoredTransfer
-	32, // 52: ledger.raft.v1.QueryResult.totals:type_name -> ledger.raft.v1.Totals
-	13, // 53: ledger.raft.v1.QueryResult.txns:type_name -> ledger.raft.v1.TxnRecord
-	34, // 54: ledger.raft.v1.ShardMap.shards:type_name -> ledger.raft.v1.ShardReplicas
-	35, // 55: ledger.raft.v1.ShardMap.nodes:type_name -> ledger.raft.v1.NodeInfo
-	33, // 56: ledger.raft.v1.MetaCommand.init:type_name -> ledger.raft.v1.ShardMap
-	33, // 57: ledger.raft.v1.MetaSnapshot.map:type_name -> ledger.raft.v1.ShardMap
-	58, // [58:58] is the sub-list for method output_type
-	58, // [58:58] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	38, // 17: ledger.raft.v1.DecideTxn.transfers:type_name -> ledger.v1.Transfer
+	38, // 18: ledger.raft.v1.ResolvePending.transfer:type_name -> ledger.v1.Transfer
+	38, // 19: ledger.raft.v1.TxnRecord.transfers:type_name -> ledger.v1.Transfer
+	17, // 20: ledger.raft.v1.TxnRecord.branches:type_name -> ledger.raft.v1.Branch
+	0,  // 21: ledger.raft.v1.TxnRecord.decision:type_name -> ledger.raft.v1.TxnDecision
+	39, // 22: ledger.raft.v1.TxnRecord.status:type_name -> ledger.v1.TransferStatus
+	40, // 23: ledger.raft.v1.TxnRecord.pending_state:type_name -> ledger.v1.TransferState
+	41, // 24: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
+	38, // 25: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
+	17, // 26: ledger.raft.v1.PrepareBranches.branches:type_name -> ledger.raft.v1.Branch
+	20, // 27: ledger.raft.v1.ResolveBranches.branches:type_name -> ledger.raft.v1.BranchRef
+	23, // 28: ledger.raft.v1.BatchResult.results:type_name -> ledger.raft.v1.CommandResult
+	1,  // 29: ledger.raft.v1.CommandResult.refusal:type_name -> ledger.raft.v1.Refusal
+	42, // 30: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
+	43, // 31: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
+	24, // 32: ledger.raft.v1.CommandResult.votes:type_name -> ledger.raft.v1.Vote
+	13, // 33: ledger.raft.v1.CommandResult.txn:type_name -> ledger.raft.v1.TxnRecord
+	2,  // 34: ledger.raft.v1.Vote.state:type_name -> ledger.raft.v1.BranchState
+	39, // 35: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
+	17, // 36: ledger.raft.v1.StoredBranch.branch:type_name -> ledger.raft.v1.Branch
+	2,  // 37: ledger.raft.v1.StoredBranch.state:type_name -> ledger.raft.v1.BranchState
+	39, // 38: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
+	38, // 39: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
+	39, // 40: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
+	3,  // 41: ledger.raft.v1.Event.kind:type_name -> ledger.raft.v1.EventKind
+	41, // 42: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
+	38, // 43: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
+	17, // 44: ledger.raft.v1.Event.branch:type_name -> ledger.raft.v1.Branch
+	30, // 45: ledger.raft.v1.Query.accounts:type_name -> ledger.raft.v1.IdList
+	30, // 46: ledger.raft.v1.Query.transfers:type_name -> ledger.raft.v1.IdList
+	30, // 47: ledger.raft.v1.Query.txns:type_name -> ledger.raft.v1.IdList
+	41, // 48: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
+	38, // 49: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
+	27, // 50: ledger.raft.v1.QueryResult.shard_state:type_name -> ledger.raft.v1.ShardState
+	25, // 51: ledger.raft.v1.QueryResult.prepared:type_name -> ledger.raft.v1.StoredBranch
+	26, // 52: ledger.raft.v1.QueryResult.pending:type_name -> ledger.raft.v1.StoredTransfer
+	32, // 53: ledger.raft.v1.QueryResult.totals:type_name -> ledger.raft.v1.Totals
+	13, // 54: ledger.raft.v1.QueryResult.txns:type_name -> ledger.raft.v1.TxnRecord
+	34, // 55: ledger.raft.v1.ShardMap.shards:type_name -> ledger.raft.v1.ShardReplicas
+	35, // 56: ledger.raft.v1.ShardMap.nodes:type_name -> ledger.raft.v1.NodeInfo
+	33, // 57: ledger.raft.v1.MetaCommand.init:type_name -> ledger.raft.v1.ShardMap
+	33, // 58: ledger.raft.v1.MetaSnapshot.map:type_name -> ledger.raft.v1.ShardMap
+	59, // [59:59] is the sub-list for method output_type
+	59, // [59:59] is the sub-list for method input_type
+	59, // [59:59] is the sub-list for extension type_name
+	59, // [59:59] is the sub-list for extension extendee
+	0,  // [0:59] is the sub-list for field type_name
 }
 
 func init() { file_ledger_raft_v1_raft_proto_init() }
