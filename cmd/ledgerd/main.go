@@ -59,10 +59,14 @@ func main() {
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   ledgerd dev   [--data-dir ./data/dev] [--listen localhost:8080] [--raft-port-base 63001] [--shards 4]
+                [--coordinators 1] [--pprof ADDR]
   ledgerd start --node-id N --raft-addr HOST:PORT --members 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT
                 --data-dir DIR [--listen HOST:PORT] [--shards 4] [--slots 4096] [--zone Z]
 `)
 }
+
+// devCoordinators is the dev cluster's number of coordinator groups.
+const devCoordinators = 1
 
 func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	fs := flag.NewFlagSet("dev", flag.ExitOnError)
@@ -70,6 +74,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	listen := fs.String("listen", "localhost:8080", "public API address")
 	portBase := fs.Int("raft-port-base", 63001, "raft ports of the three nodes start here (loopback)")
 	shards := fs.Int("shards", 4, "account shards (fixed when the data dir is created)")
+	coords := fs.Int("coordinators", devCoordinators, "coordinator groups (fixed when the data dir is created)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (debugging)")
 	_ = fs.Parse(args)
 	node.QuietDragonboat()
@@ -87,7 +92,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	bctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	c, err := cluster.Start(bctx, cluster.Config{Dir: *dataDir, RaftAddresses: addrs, ShardCount: *shards,
-		SlotCount: 4096, RTTMillisecond: 20,
+		CoordinatorCount: *coords, SlotCount: 4096, RTTMillisecond: 20,
 		// Elections after 500 ms of silence: three nodes share this process's CPUs, and a
 		// saturated machine must not mistake a busy leader for a dead one.
 		ElectionRTT: 25, Logger: log})
