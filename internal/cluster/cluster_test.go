@@ -311,6 +311,82 @@ func TestCrossShardTransfers(t *testing.T) {
 	}
 }
 
+// TestCrossShardBatchAndReusedIDs: one request carrying hundreds of cross-shard
+// transfers (their branches prepared with one command per shard) answers each on its
+// own; a transaction id reused with other accounts answers ID_REUSED and leaves no
+// reservation behind (the router releases the branches it prepared for it).
+func TestCrossShardBatchAndReusedIDs(t *testing.T) {
+	tc := startCluster(t, t.TempDir(), freeAddrs(t, 3))
+	ctx := context.Background()
+	from, to, broke := idsOnShard("bx", 1, 3), idsOnShard("by", 3, 3), idsOnShard("bz", 2, 1)[0]
+	createAccounts(t, tc.client, append(append([]string{}, from...), to...), false)
+	createAccounts(t, tc.client, []string{broke}, true) // no overdraft, no money
+	var ts []*ledgerv1.Transfer
+	want := map[string]ledgerv1.TransferStatus{}
+	for i := range 300 {
+		tr := transfer(fmt.Sprintf("bt-%d", i), from[i%3], to[(i/3)%3], uint64(i%7+1))
+		if i%10 == 9 {
+			tr.DebitAccountId = broke
+			want[tr.Id] = ledgerv1.TransferStatus_TRANSFER_STATUS_INSUFFICIENT_FUNDS
+		} else {
+			want[tr.Id] = ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED
+		}
+		ts = append(ts, tr)
+	}
+	res, err := tc.client.CreateTransfers(ctx, connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: ts}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var moved uint64
+	for i, r := range res.Msg.Results {
+		if r.Id != ts[i].Id || r.Status != want[r.Id] {
+			t.Fatalf("result %d: %v (%s), want %s %v", i, r.Id, r.Status, ts[i].Id, want[ts[i].Id])
+		}
+		if r.Status == ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED {
+			moved += ts[i].Amount
+		}
+	}
+	// The same request again: every transfer answers its outcome, nothing moves twice.
+	res, err = tc.client.CreateTransfers(ctx, connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: ts}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range res.Msg.Results {
+		w := want[r.Id]
+		if w == ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED {
+			w = ledgerv1.TransferStatus_TRANSFER_STATUS_EXISTS
+		}
+		if r.Status != w {
+			t.Fatalf("retry result %d: %v %v, want %v", i, r.Id, r.Status, w)
+		}
+	}
+	// bt-0 moved from[0] (shard 1) -> to[0] (shard 3). The same id between accounts of
+	// shards 2 and 4: ID_REUSED, and no money stays reserved on them.
+	c, d := idsOnShard("rc", 2, 1)[0], idsOnShard("rd", 4, 1)[0]
+	createAccounts(t, tc.client, []string{c, d}, false)
+	res, err = tc.client.CreateTransfers(ctx, connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+		Transfers: []*ledgerv1.Transfer{transfer("bt-0", c, d, 5)}}))
+	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_ID_REUSED {
+		t.Fatalf("reused id: %v %v", res, err)
+	}
+	accs := getAccounts(t, tc.client, []string{c, d})
+	if accs[c].DebitsPending != 0 || accs[d].CreditsPending != 0 || accs[c].DebitsPosted != 0 || accs[d].CreditsPosted != 0 {
+		t.Fatalf("a reused id left money reserved or moved: %v %v", accs[c], accs[d])
+	}
+	waitQuiescent(t, tc)
+	accs = getAccounts(t, tc.client, append(append([]string{broke}, from...), to...))
+	var debits, credits uint64
+	for _, id := range from {
+		debits += accs[id].DebitsPosted
+	}
+	for _, id := range to {
+		credits += accs[id].CreditsPosted
+	}
+	if debits != moved || credits != moved || accs[broke].DebitsPosted != 0 || accs[broke].DebitsPending != 0 {
+		t.Fatalf("moved %d: debits %d, credits %d, broke %v", moved, debits, credits, accs[broke])
+	}
+}
+
 // waitQuiescent waits until no transaction is in doubt and the audit is clean.
 func waitQuiescent(t *testing.T, tc *testCluster) {
 	t.Helper()
