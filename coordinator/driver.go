@@ -93,11 +93,13 @@ type Driver struct {
 const NotifyMax = 100_000
 
 // Decided transactions are resolved in batches: one branch command per shard and one
-// forget per transaction for up to ResolveBatchMax of them, with at most
-// ResolveBatchesMax batches under way.
+// forget per ForgetChunkMax transactions for up to ResolveBatchMax of them, with at
+// most ResolveBatchesMax batches under way.
 const (
 	ResolveBatchMax   = 4096
 	ResolveBatchesMax = 4
+	// ForgetChunkMax bounds the transactions one ForgetTxn command names.
+	ForgetChunkMax = 1024
 )
 
 // NewDriver returns a driver for group; isLeader tells whether the local replica leads.
@@ -437,20 +439,29 @@ func (d *Driver) resolveBatch(ctx context.Context, recs []*raftv1.TxnRecord) {
 		}()
 	}
 	wg.Wait()
+	// Forget the resolved ones, ForgetChunkMax per command.
+	var ids []string
+	var idx []int
 	for i, rec := range recs {
-		if !ok[i] {
-			continue
+		if ok[i] {
+			ids, idx = append(ids, rec.TxnId), append(idx, i)
 		}
+	}
+	for lo := 0; lo < len(ids); lo += ForgetChunkMax {
+		hi := min(lo+ForgetChunkMax, len(ids))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			res, err := d.cl.Propose(ctx, d.group, &raftv1.Command{Op: &raftv1.Command_ForgetTxn{ForgetTxn: &raftv1.ForgetTxn{TxnId: rec.TxnId}}})
+			f := &raftv1.ForgetTxn{TxnId: ids[lo], MoreTxnIds: ids[lo+1 : hi]}
+			res, err := d.cl.Propose(ctx, d.group, &raftv1.Command{Op: &raftv1.Command_ForgetTxn{ForgetTxn: f}})
 			if err != nil || res.GetTxn() == nil {
-				d.log.Debug("forget failed; will retry", "txn", rec.TxnId, "err", err, "message", res.GetMessage())
+				d.log.Debug("forget failed; will retry", "txns", hi-lo, "err", err, "message", res.GetMessage())
 				return
 			}
 			mu.Lock()
-			done[i] = true
+			for _, i := range idx[lo:hi] {
+				done[i] = true
+			}
 			mu.Unlock()
 		}()
 	}

@@ -437,27 +437,47 @@ func allPrepared(rec *raftv1.TxnRecord, votes []*raftv1.Vote) string {
 }
 
 func (a *Applier) forget(f *raftv1.ForgetTxn) (*raftv1.CommandResult, error) {
-	rec, err := a.getTxn(f.GetTxnId())
-	if err != nil {
-		return nil, err
+	ids := append([]string{f.GetTxnId()}, f.GetMoreTxnIds()...)
+	if len(ids) > ledger.BatchItemsMax {
+		return refuse("a forget names 1-%d transactions, got %d", ledger.BatchItemsMax, len(ids)), nil
 	}
-	if rec == nil {
-		return refuse("unknown txn %q", f.GetTxnId()), nil
+	// All or none: check every record before changing any.
+	var first *raftv1.TxnRecord
+	for i, id := range ids {
+		rec, err := a.getTxn(id)
+		if err != nil {
+			return nil, err
+		}
+		if rec == nil {
+			return refuse("unknown txn %q", id), nil
+		}
+		if !rec.Forgotten && rec.Decision != decCommit && rec.Decision != decAbort {
+			return refuse("txn %q is not decided (%s): it cannot be forgotten", rec.TxnId, rec.Decision), nil
+		}
+		if i == 0 {
+			first = rec
+		}
 	}
-	if rec.Forgotten {
-		return &raftv1.CommandResult{Txn: rec}, nil
+	for _, id := range ids {
+		rec, err := a.getTxn(id) // again: an id named twice is forgotten once
+		if err != nil {
+			return nil, err
+		}
+		if rec.Forgotten {
+			continue
+		}
+		rec.Forgotten = true
+		a.putTxn(rec)
+		a.ov.Delete(key(prefixOpen, rec.TxnId))
+		if a.state.OpenCount == 0 {
+			return nil, fmt.Errorf("open count underflow forgetting %q", rec.TxnId)
+		}
+		a.state.OpenCount--
+		if id == ids[0] {
+			first = rec
+		}
 	}
-	if rec.Decision != decCommit && rec.Decision != decAbort {
-		return refuse("txn %q is not decided (%s): it cannot be forgotten", rec.TxnId, rec.Decision), nil
-	}
-	rec.Forgotten = true
-	a.putTxn(rec)
-	a.ov.Delete(key(prefixOpen, rec.TxnId))
-	if a.state.OpenCount == 0 {
-		return nil, fmt.Errorf("open count underflow forgetting %q", rec.TxnId)
-	}
-	a.state.OpenCount--
-	return &raftv1.CommandResult{Txn: rec}, nil
+	return &raftv1.CommandResult{Txn: first}, nil
 }
 
 // resolvePending posts or voids a held transaction (the client's Confirm or Cancel).

@@ -195,3 +195,46 @@ func TestDecisionFromVotes(t *testing.T) {
 		})
 	}
 }
+
+func TestForgetMany(t *testing.T) {
+	newDecided := func(c *mtCoord, ids ...string) {
+		for _, id := range ids {
+			chain := []*ledgerv1.Transfer{mtXfer(id, "a", "b", 1)}
+			c.decide(mtDecideWith(mtCommit, chain, mtYesFor(chain)...))
+		}
+	}
+	forget := func(first string, more ...string) *raftv1.Command {
+		return &raftv1.Command{Op: &raftv1.Command_ForgetTxn{ForgetTxn: &raftv1.ForgetTxn{TxnId: first, MoreTxnIds: more}}}
+	}
+	t.Run("every named txn leaves the open set; a repeated id counts once", func(t *testing.T) {
+		c := newMTCoord(t)
+		newDecided(c, "f1", "f2", "f3", "f4")
+		rec := c.decide(forget("f1", "f2", "f3", "f2", "f1"))
+		if rec.TxnId != "f1" || !rec.Forgotten {
+			t.Fatalf("result %v", rec)
+		}
+		if ids := c.openIDs(); !slices.Equal(ids, []string{"f4"}) || c.openCount() != 1 {
+			t.Fatalf("open %v count %d", ids, c.openCount())
+		}
+		for _, id := range []string{"f1", "f2", "f3"} {
+			if !c.txn(id).Forgotten {
+				t.Errorf("%s not forgotten", id)
+			}
+		}
+		// Again, with one already forgotten: fine, nothing changes twice.
+		c.decide(forget("f4", "f1"))
+		if c.openCount() != 0 {
+			t.Fatalf("open count %d", c.openCount())
+		}
+	})
+	t.Run("one unknown or undecided txn: none is forgotten", func(t *testing.T) {
+		c := newMTCoord(t)
+		newDecided(c, "f1", "f2")
+		c.begin(mtXfer("u1", "a", "b", 1)) // begun, undecided
+		c.mustRefuse(forget("f1", "f2", "nope"), "unknown txn")
+		c.mustRefuse(forget("f1", "u1", "f2"), "not decided")
+		if c.openCount() != 3 {
+			t.Fatalf("open count %d", c.openCount())
+		}
+	})
+}

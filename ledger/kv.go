@@ -2,7 +2,6 @@ package ledger
 
 import (
 	"fmt"
-	"sort"
 )
 
 // Reader reads committed state. Get returns (nil, false, nil) for a missing key. The
@@ -79,15 +78,12 @@ func (o *Overlay) Rollback(mark int) {
 // Len is the number of keys written.
 func (o *Overlay) Len() int { return len(o.writes) }
 
-// Writes calls fn for every buffered write in key order; a nil value is a deletion.
+// Writes calls fn for every buffered write, each key once, in no particular order (the
+// adapter commits them as one atomic batch, where order does not matter); a nil value
+// is a deletion.
 func (o *Overlay) Writes(fn func(key, value []byte) error) error {
-	keys := make([]string, 0, len(o.writes))
-	for k := range o.writes {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if err := fn([]byte(k), o.writes[k]); err != nil {
+	for k, v := range o.writes {
+		if err := fn([]byte(k), v); err != nil {
 			return err
 		}
 	}

@@ -334,6 +334,8 @@ func commandSize(cmd *raftv1.Command) int {
 		n = len(op.Prepare.GetBranches())
 	case *raftv1.Command_Resolve:
 		n = len(op.Resolve.GetBranches())
+	case *raftv1.Command_ForgetTxn:
+		n = 1 + len(op.ForgetTxn.GetMoreTxnIds())
 	}
 	return max(n, 1)
 }

@@ -806,8 +806,11 @@ func (x *DecideTxn) GetTransfers() []*v1.Transfer {
 // ForgetTxn closes a decided transaction once every branch acknowledged its resolution.
 // The record stays (a transfer id has one outcome forever); it leaves the open set.
 type ForgetTxn struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TxnId         string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	TxnId string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	// Further transactions forgotten by the same command: all of them, or (when one is
+	// unknown or undecided) none.
+	MoreTxnIds    []string `protobuf:"bytes,2,rep,name=more_txn_ids,json=moreTxnIds,proto3" json:"more_txn_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -847,6 +850,13 @@ func (x *ForgetTxn) GetTxnId() string {
 		return x.TxnId
 	}
 	return ""
+}
+
+func (x *ForgetTxn) GetMoreTxnIds() []string {
+	if x != nil {
+		return x.MoreTxnIds
+	}
+	return nil
 }
 
 // ResolvePending posts or voids a held (TCC) transaction: transfer is the post or void.
@@ -2942,9 +2952,11 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\x06status\x18\x04 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12!\n" +
 	"\ffailed_index\x18\x06 \x01(\x05R\vfailedIndex\x121\n" +
-	"\ttransfers\x18\a \x03(\v2\x13.ledger.v1.TransferR\ttransfers\"\"\n" +
+	"\ttransfers\x18\a \x03(\v2\x13.ledger.v1.TransferR\ttransfers\"D\n" +
 	"\tForgetTxn\x12\x15\n" +
-	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\"A\n" +
+	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12 \n" +
+	"\fmore_txn_ids\x18\x02 \x03(\tR\n" +
+	"moreTxnIds\"A\n" +
 	"\x0eResolvePending\x12/\n" +
 	"\btransfer\x18\x01 \x01(\v2\x13.ledger.v1.TransferR\btransfer\"%\n" +
 	"\n" +
