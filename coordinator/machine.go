@@ -237,6 +237,22 @@ func (a *Applier) idsTaken(txnID string, ts []*ledgerv1.Transfer) (bool, error) 
 	return false, nil
 }
 
+// admitChain answers a chain that cannot be recorded under txnID (a refusal when
+// malformed; ID_REUSED when an id is taken), or nil when it can.
+func (a *Applier) admitChain(txnID string, ts []*ledgerv1.Transfer) (*raftv1.CommandResult, error) {
+	if r := checkChain(txnID, ts); r != nil {
+		return r, nil
+	}
+	taken, err := a.idsTaken(txnID, ts)
+	if err != nil {
+		return nil, err
+	}
+	if taken {
+		return reused(ts, nil), nil
+	}
+	return nil, nil
+}
+
 // newRecord returns an undecided record of the chain (not stored yet).
 func (a *Applier) newRecord(txnID string, ts []*ledgerv1.Transfer) *raftv1.TxnRecord {
 	rec := &raftv1.TxnRecord{TxnId: txnID, FailedIndex: -1, BegunAtUnixNano: a.now,
@@ -268,15 +284,8 @@ func tombstone(rec *raftv1.TxnRecord) bool { return len(rec.Transfers) == 0 }
 
 func (a *Applier) begin(b *raftv1.BeginTxn) (*raftv1.CommandResult, error) {
 	ts := b.GetTransfers()
-	if r := checkChain(b.GetTxnId(), ts); r != nil {
-		return r, nil
-	}
-	// An id already used answers its outcome (a retry) or ID_REUSED.
-	if taken, err := a.idsTaken(b.GetTxnId(), ts); err != nil || taken {
-		if err != nil {
-			return nil, err
-		}
-		return reused(ts, nil), nil
+	if r, err := a.admitChain(b.GetTxnId(), ts); r != nil || err != nil {
+		return r, err
 	}
 	old, err := a.getTxn(b.GetTxnId())
 	if err != nil {
@@ -348,14 +357,8 @@ func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
 		a.putTxn(rec)
 		return &raftv1.CommandResult{Txn: rec}, nil
 	case rec == nil:
-		if r := checkChain(d.GetTxnId(), ts); r != nil {
-			return r, nil
-		}
-		if taken, err := a.idsTaken(d.GetTxnId(), ts); err != nil || taken {
-			if err != nil {
-				return nil, err
-			}
-			return reused(ts, nil), nil
+		if r, err := a.admitChain(d.GetTxnId(), ts); r != nil || err != nil {
+			return r, err
 		}
 		rec, created = a.newRecord(d.GetTxnId(), ts), true
 	case len(ts) > 0 && !tombstone(rec) && !sameTransfers(rec.Transfers, ts):
