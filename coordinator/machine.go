@@ -340,15 +340,12 @@ func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
 		if d.GetDecision() != decAbort {
 			return refuse("unknown txn %q", d.GetTxnId()), nil
 		}
-		if owner, ok, err := a.txnOfTransfer(d.GetTxnId()); err != nil || ok {
-			if err != nil {
-				return nil, err
-			}
-			return refuse("%q is a transfer of txn %q, not a txn", d.GetTxnId(), owner), nil
-		}
 		// Presumed abort: a participant asks about a transaction nobody decided. The
 		// abort is logged (closed at once: there is nothing to drive), so a decision
 		// sent later reads it instead of contradicting what the participant was told.
+		// The id may be another transaction's transfer (a chain that reused it had its
+		// branches prepared under it): the tombstone lives beside that index entry and
+		// changes nothing about it.
 		rec = &raftv1.TxnRecord{TxnId: d.GetTxnId(), FailedIndex: -1, BegunAtUnixNano: a.now, Forgotten: true}
 		if msg := setAbort(rec, d); msg != "" {
 			return refuse("%s", msg), nil

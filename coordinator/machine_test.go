@@ -665,10 +665,6 @@ func TestDecide(t *testing.T) {
 			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command { return mtDecide(rec.TxnId, 99, mtYes(rec)...) }},
 		{name: "unknown txn", chain: 1, refused: "unknown txn",
 			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command { return mtDecide("nope", mtCommit, mtYes(rec)...) }},
-		{name: "the second transfer of a chain is no txn", chain: 2, refused: "is a transfer of txn",
-			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command {
-				return mtAbortCmd(rec.Transfers[1].Id, mtInsufficient, "", -1)
-			}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

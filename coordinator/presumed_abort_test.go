@@ -163,6 +163,32 @@ func TestInquiryTombstone(t *testing.T) {
 	}
 }
 
+// TestTombstoneUnderAnotherTxnsTransferID: a chain whose first id is the second transfer
+// of a committed txn is ID_REUSED, but its branches were prepared under that id; the
+// inquiry's tombstone for it must be logged (or they would stay reserved forever) and
+// must not disturb the committed txn.
+func TestTombstoneUnderAnotherTxnsTransferID(t *testing.T) {
+	c := newMTCoord(t)
+	chain := mtChain(mtXfer("y1", "a", "b", 5), mtXfer("y2", "c", "d", 7))
+	rec := c.decide(mtDecideWith(mtCommit, chain, mtYesFor(chain)...))
+	steal := []*ledgerv1.Transfer{mtXfer("y2", "e", "f", 1)}
+	r := c.apply(mtDecideWith(mtCommit, steal, mtYesFor(steal)...))
+	if got := mtStatuses(r.GetTransfers()); !slices.Equal(got, []ledgerv1.TransferStatus{mtIDReused}) || r.GetTxn() != nil {
+		t.Fatalf("reuse: %v", r)
+	}
+	tomb := c.decide(mtAbortCmd("y2", ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, "inquiry", -1))
+	if tomb.TxnId != "y2" || tomb.Decision != mtAbort || !tomb.Forgotten || len(tomb.Transfers) != 0 {
+		t.Fatalf("tombstone %v", tomb)
+	}
+	if got := c.txn("y1"); !proto.Equal(got, rec) {
+		t.Fatalf("the committed txn changed: %v", got)
+	}
+	found, _ := c.read("y2")
+	if found["y2"] == nil || found["y2"].CreditAccountId != "d" {
+		t.Fatalf("y2 no longer reads as y1's transfer: %v", found)
+	}
+}
+
 func TestDecisionFromVotes(t *testing.T) {
 	chain := mtChain(mtXfer("x1", "a", "b", 5), mtXfer("x2", "c", "d", 7))
 	yes := mtYesFor(chain)

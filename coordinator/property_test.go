@@ -202,8 +202,8 @@ func (m *pmModel) decide(d *raftv1.DecideTxn) pmExpect {
 	x := m.txns[d.GetTxnId()]
 	if x == nil {
 		// Presumed abort: an abort of a txn nobody began (an inquiry) is a tombstone,
-		// closed at once, unless the id is another txn's transfer.
-		if _, owned := m.owner[d.GetTxnId()]; owned || d.GetDecision() != mtAbort || ledger.ValidateID(d.GetTxnId()) != nil {
+		// closed at once.
+		if d.GetDecision() != mtAbort || ledger.ValidateID(d.GetTxnId()) != nil {
 			return pmExpect{refused: true}
 		}
 		x = &pmTxn{id: d.GetTxnId(), decision: mtAbort, forgotten: true, failedIdx: -1, status: d.GetStatus(), msg: d.GetMessage()}

@@ -373,6 +373,26 @@ func TestCrossShardBatchAndReusedIDs(t *testing.T) {
 	if accs[c].DebitsPending != 0 || accs[d].CreditsPending != 0 || accs[c].DebitsPosted != 0 || accs[d].CreditsPosted != 0 {
 		t.Fatalf("a reused id left money reserved or moved: %v %v", accs[c], accs[d])
 	}
+	// A linked chain across shards, then a chain whose first id is that chain's second
+	// transfer: ID_REUSED (its branches, prepared under an id that names no txn, are
+	// released), and the first chain is untouched.
+	l1 := transfer("lk-1", from[0], to[0], 3)
+	l1.Linked = true
+	res, err = tc.client.CreateTransfers(ctx, connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+		Transfers: []*ledgerv1.Transfer{l1, transfer("lk-2", from[1], to[1], 4)}}))
+	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED {
+		t.Fatalf("chain: %v %v", res, err)
+	}
+	moved += 7
+	res, err = tc.client.CreateTransfers(ctx, connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+		Transfers: []*ledgerv1.Transfer{transfer("lk-2", c, d, 6)}}))
+	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_ID_REUSED {
+		t.Fatalf("reused member id: %v %v", res, err)
+	}
+	accs = getAccounts(t, tc.client, []string{c, d})
+	if accs[c].DebitsPending != 0 || accs[d].CreditsPending != 0 {
+		t.Fatalf("a reused member id left money reserved: %v %v", accs[c], accs[d])
+	}
 	waitQuiescent(t, tc)
 	accs = getAccounts(t, tc.client, append(append([]string{broke}, from...), to...))
 	var debits, credits uint64
