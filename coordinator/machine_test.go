@@ -1283,9 +1283,6 @@ func TestOutcome(t *testing.T) {
 				tc.decide(c, tc.ts[0].Id)
 			}
 			rec := c.txn(tc.ts[0].Id)
-			if coordinator.Decided(rec) != (tc.want != nil) {
-				t.Errorf("Decided = %v", coordinator.Decided(rec))
-			}
 			out := coordinator.Outcome(rec, false)
 			if tc.want == nil {
 				if out != nil {

@@ -151,6 +151,3 @@ func Outcome(rec *raftv1.TxnRecord, existed bool) []*ledgerv1.TransferResult {
 	}
 	return out
 }
-
-// Decided reports whether the transaction's outcome for the client is known.
-func Decided(rec *raftv1.TxnRecord) bool { return rec.GetDecision() != decNone }
