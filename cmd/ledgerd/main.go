@@ -130,9 +130,9 @@ func servePprof(log *slog.Logger, addr string) {
 
 func serve(ctx context.Context, log *slog.Logger, ln net.Listener, r *router.Router, banner string) error {
 	srv := router.Server(ln.Addr().String(), r.Handler())
+	fmt.Print(banner) // before serving: whoever sees the API up can read it
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	fmt.Print(banner)
 	log.Info("serving", "addr", ln.Addr().String())
 	select {
 	case <-ctx.Done():

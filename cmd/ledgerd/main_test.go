@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,17 +34,17 @@ func TestDevClusterProcessRestart(t *testing.T) {
 	listen := freeAddr(t)
 	raftBase := freePortRun(t, 3)
 	data := filepath.Join(dir, "data")
-	start := func() (*exec.Cmd, *bytes.Buffer) {
-		var out bytes.Buffer
+	start := func() (*exec.Cmd, *syncBuffer) {
+		out := &syncBuffer{}
 		cmd := exec.Command(bin, "dev", "--data-dir", data, "--listen", listen, "--raft-port-base", fmt.Sprint(raftBase))
-		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waitHealthy(t, "http://"+listen, &out)
-		return cmd, &out
+		waitHealthy(t, "http://"+listen, out)
+		return cmd, out
 	}
-	stop := func(cmd *exec.Cmd, out *bytes.Buffer) {
+	stop := func(cmd *exec.Cmd, out *syncBuffer) {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
@@ -59,8 +60,13 @@ func TestDevClusterProcessRestart(t *testing.T) {
 	}
 	base := "http://" + listen + "/ledger.v1.LedgerService/"
 	cmd, out := start()
-	if !strings.Contains(out.String(), "curl") {
-		t.Errorf("dev banner does not show how to call the cluster:\n%s", out)
+	// The banner is printed before the API serves; its bytes may still be on their way
+	// through the pipe.
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), "curl"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("dev banner does not show how to call the cluster:\n%s", out)
+			break
+		}
 	}
 	post(t, base+"CreateAccounts", `{"accounts":[{"id":"alice","currency":"USD"},{"id":"bob","currency":"USD"}]}`, `ACCOUNT_STATUS_CREATED`)
 	post(t, base+"CreateTransfers", `{"transfers":[{"id":"t1","debitAccountId":"alice","creditAccountId":"bob","amount":"100","currency":"USD"}]}`, `TRANSFER_STATUS_CREATED`)
@@ -113,7 +119,25 @@ func post(t *testing.T, url, body, want string) string {
 	return string(b)
 }
 
-func waitHealthy(t *testing.T, base string, out *bytes.Buffer) {
+// syncBuffer is a bytes.Buffer safe for the process's output copier and the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func waitHealthy(t *testing.T, base string, out *syncBuffer) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -196,7 +196,9 @@ func snapshotErr(err error) error {
 // Close syncs and closes the store.
 func (s *StateMachine) Close() error {
 	if s.store == nil {
-		return errors.New("close: not open")
+		// Never opened (the NodeHost stopped while the replica was starting): nothing
+		// to close. An error here would make dragonboat panic.
+		return nil
 	}
 	return s.store.Close()
 }
