@@ -308,9 +308,11 @@ func TestReopen(t *testing.T) {
 	wantState(t, m2, h, 50)
 }
 
+// TestCloseWithoutOpen: dragonboat closes a replica whose NodeHost stops while it is
+// starting, before Open ran; an error there would make dragonboat panic.
 func TestCloseWithoutOpen(t *testing.T) {
-	if err := New(t.TempDir()).Close(); err == nil {
-		t.Fatal("close of a replica never opened: no error")
+	if err := New(t.TempDir()).Close(); err != nil {
+		t.Fatalf("close of a replica never opened: %v", err)
 	}
 }
 
