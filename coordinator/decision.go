@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"context"
 	"fmt"
 
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
@@ -8,24 +9,25 @@ import (
 )
 
 // DecisionFromVotes is the decision a transaction's votes call for: COMMIT (HOLD for a
-// pending transfer) when every branch voted PREPARED; otherwise ABORT naming the first
-// transfer whose branch did not. A missing vote (its shard did not answer) aborts with
-// TRANSFER_STATUS_TIMED_OUT. ts carries the transfers when the decision creates the
-// record (presumed abort), nil when the record exists.
+// pending transfer) when every branch voted PREPARED; ABORT, carrying the vote that
+// shows it and naming that branch's transfer, when a branch is refused or aborted
+// (stored states that never become prepared); nil while a vote is missing (its shard
+// did not answer): nothing may be decided then, since the branch may be prepared and a
+// transaction begun with every branch prepared is committed. ts carries the transfers
+// when the decision creates the record (the two-round path), nil when it exists.
 func DecisionFromVotes(txnID string, chain, ts []*ledgerv1.Transfer, votes []*raftv1.Vote) *raftv1.DecideTxn {
 	if len(votes) != 2*len(chain) {
-		return &raftv1.DecideTxn{TxnId: txnID, Decision: decAbort, FailedIndex: -1, Transfers: ts,
-			Status:  ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT,
-			Message: fmt.Sprintf("%d votes for %d branches", len(votes), 2*len(chain))}
+		return nil
 	}
-	for i, v := range votes {
+	for _, v := range votes {
 		if v == nil {
-			return &raftv1.DecideTxn{TxnId: txnID, Decision: decAbort, Transfers: ts,
-				Status:      ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT,
-				Message:     "a participant did not answer the prepare in time",
-				FailedIndex: int32(TransferOf(uint32(i)))}
+			return nil
 		}
-		if v.GetState() != raftv1.BranchState_BRANCH_STATE_PREPARED {
+	}
+	for _, v := range votes {
+		// COMMITTED: the decision was logged and applied already (a late look); the
+		// coordinator answers its record.
+		if st := v.GetState(); st != raftv1.BranchState_BRANCH_STATE_PREPARED && st != raftv1.BranchState_BRANCH_STATE_COMMITTED {
 			st, msg := v.GetStatus(), v.GetMessage()
 			if v.GetState() == raftv1.BranchState_BRANCH_STATE_ABORTED {
 				st, msg = ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, "a participant aborted the branch (timed out)"
@@ -34,7 +36,7 @@ func DecisionFromVotes(txnID string, chain, ts []*ledgerv1.Transfer, votes []*ra
 				msg = st.String()
 			}
 			return &raftv1.DecideTxn{TxnId: txnID, Decision: decAbort, Status: st, Message: msg, Transfers: ts,
-				FailedIndex: int32(TransferOf(v.GetIndex()))}
+				Votes: []*raftv1.Vote{v}, FailedIndex: int32(TransferOf(v.GetIndex()))}
 		}
 	}
 	dec := decCommit
@@ -42,4 +44,27 @@ func DecisionFromVotes(txnID string, chain, ts []*ledgerv1.Transfer, votes []*ra
 		dec = decHold
 	}
 	return &raftv1.DecideTxn{TxnId: txnID, Decision: dec, Votes: votes, FailedIndex: -1, Transfers: ts}
+}
+
+// Recover decides a begun transaction nobody decided (its router died, or a reader
+// needs it settled): it prepares every branch (idempotent: a branch keeps the state it
+// has) and logs the decision the stored states call for. The decision that stands is
+// returned (another may have been logged first).
+func Recover(ctx context.Context, cl Cluster, group uint64, rec *raftv1.TxnRecord) (*raftv1.TxnRecord, error) {
+	votes, err := cl.PrepareBranches(ctx, rec.Branches)
+	if err != nil {
+		return nil, fmt.Errorf("recover %q: prepare: %w", rec.TxnId, err)
+	}
+	dec := DecisionFromVotes(rec.TxnId, rec.Transfers, nil, votes)
+	if dec == nil {
+		return nil, fmt.Errorf("recover %q: a vote is missing", rec.TxnId)
+	}
+	res, err := cl.Propose(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}})
+	if err != nil {
+		return nil, fmt.Errorf("recover %q: decide: %w", rec.TxnId, err)
+	}
+	if res.GetTxn() == nil {
+		return nil, fmt.Errorf("recover %q: decision refused: %s", rec.TxnId, res.GetMessage())
+	}
+	return res.Txn, nil
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
-	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
 )
 
 // Cluster is what the driver and the resolver need from the rest of the system (the
@@ -37,8 +36,11 @@ type Hooks struct {
 
 // DriverOptions bound a driver's work.
 type DriverOptions struct {
-	// PrepareTimeout: a txn not prepared everywhere this long after Begin is aborted.
-	PrepareTimeout time.Duration
+	// RecoverAfter: a begun transaction still undecided this long after its Begin (its
+	// router died, or is slow) is decided by the driver: every branch prepared, then the
+	// decision their stored states call for. Until then the router that began it is
+	// expected to decide it.
+	RecoverAfter time.Duration
 	// Tick is how often the driver looks for work without being woken.
 	Tick time.Duration
 	// InflightMax bounds the transactions driven at once.
@@ -49,8 +51,8 @@ type DriverOptions struct {
 }
 
 func (o *DriverOptions) setDefaults() {
-	if o.PrepareTimeout == 0 {
-		o.PrepareTimeout = 10 * time.Second
+	if o.RecoverAfter == 0 {
+		o.RecoverAfter = 2 * time.Second
 	}
 	if o.Tick == 0 {
 		o.Tick = 50 * time.Millisecond
@@ -194,6 +196,9 @@ func (d *Driver) Run(ctx context.Context) {
 			if d.running[id] || len(d.running) >= d.opts.InflightMax {
 				continue
 			}
+			if rec.Decision == decNone && now-rec.BegunAtUnixNano < int64(d.opts.RecoverAfter) {
+				continue // its router decides it; the tick looks again
+			}
 			if rec.Decision == decCommit || rec.Decision == decAbort {
 				if len(batch) < ResolveBatchMax && d.batches < ResolveBatchesMax {
 					d.running[id] = true
@@ -281,7 +286,11 @@ func (d *Driver) drive(ctx context.Context, rec *raftv1.TxnRecord) {
 func (d *Driver) step(ctx context.Context, rec *raftv1.TxnRecord) (*raftv1.TxnRecord, bool, error) {
 	switch rec.Decision {
 	case decNone:
-		dec := d.collectVotes(ctx, rec)
+		votes, err := d.cl.PrepareBranches(ctx, rec.Branches)
+		if err != nil {
+			return nil, false, fmt.Errorf("prepare: %w", err)
+		}
+		dec := DecisionFromVotes(rec.TxnId, rec.Transfers, nil, votes)
 		if d.opts.Hooks.BeforeDecide != nil {
 			d.opts.Hooks.BeforeDecide(ctx, rec.TxnId)
 			if ctx.Err() != nil {
@@ -466,22 +475,6 @@ func (d *Driver) resolveBatch(ctx context.Context, recs []*raftv1.TxnRecord) {
 		}()
 	}
 	wg.Wait()
-}
-
-// collectVotes prepares every branch and returns the decision to log, or nil to retry
-// later (some shard did not answer and the prepare timeout has not passed).
-func (d *Driver) collectVotes(ctx context.Context, rec *raftv1.TxnRecord) *raftv1.DecideTxn {
-	votes, err := d.cl.PrepareBranches(ctx, rec.Branches)
-	if err != nil {
-		age := time.Duration(d.opts.Now().UnixNano() - rec.BegunAtUnixNano)
-		if age < d.opts.PrepareTimeout {
-			return nil
-		}
-		return &raftv1.DecideTxn{TxnId: rec.TxnId, Decision: decAbort, FailedIndex: -1,
-			Status:  ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT,
-			Message: fmt.Sprintf("participants not prepared within %v: %v", d.opts.PrepareTimeout, err)}
-	}
-	return DecisionFromVotes(rec.TxnId, rec.Transfers, nil, votes)
 }
 
 func backoff(attempt int) time.Duration {

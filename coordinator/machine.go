@@ -392,6 +392,12 @@ func (a *Applier) applyDecision(rec *raftv1.TxnRecord, d *raftv1.DecideTxn) stri
 			rec.PendingState = statePending
 		}
 	case decAbort:
+		// Parallel commits: a begun transaction whose branches are all prepared is
+		// committed (a router may already have said so), so an abort must show a branch
+		// that is not and never will be prepared.
+		if msg := anyNo(rec, d.GetVotes()); msg != "" {
+			return fmt.Sprintf("txn %q: abort without a no vote: %s", rec.TxnId, msg)
+		}
 		if msg := setAbort(rec, d); msg != "" {
 			return msg
 		}
@@ -418,6 +424,19 @@ func setAbort(rec *raftv1.TxnRecord, d *raftv1.DecideTxn) string {
 		rec.FailedIndex = -1
 	}
 	return ""
+}
+
+// anyNo checks that votes hold a REFUSED or ABORTED vote for a branch of rec; "" when
+// they do.
+func anyNo(rec *raftv1.TxnRecord, votes []*raftv1.Vote) string {
+	for _, v := range votes {
+		st := v.GetState()
+		if v.GetTxnId() == rec.TxnId && int(v.GetIndex()) < len(rec.Branches) &&
+			(st == raftv1.BranchState_BRANCH_STATE_REFUSED || st == raftv1.BranchState_BRANCH_STATE_ABORTED) {
+			return ""
+		}
+	}
+	return fmt.Sprintf("none of %d votes refuses a branch", len(votes))
 }
 
 // allPrepared checks that votes hold a PREPARED vote for every branch; "" when they do.

@@ -268,9 +268,15 @@ func mtDecide(id string, d raftv1.TxnDecision, votes ...*raftv1.Vote) *raftv1.Co
 		Votes: votes, FailedIndex: -1}}}
 }
 
+// mtAbortCmd is an abort carrying the no vote an abort needs (branch 0 refused).
 func mtAbortCmd(id string, st ledgerv1.TransferStatus, msg string, failedIndex int32) *raftv1.Command {
 	return &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: &raftv1.DecideTxn{TxnId: id, Decision: mtAbort,
-		Status: st, Message: msg, FailedIndex: failedIndex}}}
+		Status: st, Message: msg, FailedIndex: failedIndex, Votes: []*raftv1.Vote{mtNo(id, 0)}}}}
+}
+
+// mtNo is a REFUSED vote for branch index of txn id.
+func mtNo(id string, index uint32) *raftv1.Vote {
+	return &raftv1.Vote{TxnId: id, Index: index, State: raftv1.BranchState_BRANCH_STATE_REFUSED, Status: mtInsufficient}
 }
 
 // mtYes is a PREPARED vote for every branch of rec.
@@ -627,10 +633,10 @@ func TestDecide(t *testing.T) {
 					t.Errorf("abort: %v", rec)
 				}
 			}},
-		{name: "abort needs no votes, ignores them", chain: 1,
+		{name: "abort with yes votes beside the no vote", chain: 1,
 			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command {
 				c := mtAbortCmd(rec.TxnId, mtInsufficient, "", -1)
-				c.GetDecideTxn().Votes = mtYes(rec)
+				c.GetDecideTxn().Votes = append(mtYes(rec)[1:], mtNo(rec.TxnId, 0))
 				return c
 			},
 			check: func(t *testing.T, rec *raftv1.TxnRecord) {
@@ -658,6 +664,30 @@ func TestDecide(t *testing.T) {
 				if rec.Decision != mtAbort || rec.PendingState != mtStateNone {
 					t.Errorf("abort: %v", rec)
 				}
+			}},
+		{name: "abort without a vote", chain: 1, refused: "abort without a no vote",
+			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command {
+				c := mtAbortCmd(rec.TxnId, mtInsufficient, "", -1)
+				c.GetDecideTxn().Votes = nil
+				return c
+			}},
+		{name: "abort with yes votes only (every branch prepared: committed)", chain: 2, refused: "abort without a no vote",
+			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command {
+				c := mtAbortCmd(rec.TxnId, mtInsufficient, "", -1)
+				c.GetDecideTxn().Votes = mtYes(rec)
+				return c
+			}},
+		{name: "abort with another txn's no vote", chain: 1, refused: "abort without a no vote",
+			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command {
+				c := mtAbortCmd(rec.TxnId, mtInsufficient, "", -1)
+				c.GetDecideTxn().Votes = []*raftv1.Vote{mtNo("other", 0)}
+				return c
+			}},
+		{name: "abort with a no vote for a branch it does not have", chain: 1, refused: "abort without a no vote",
+			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command {
+				c := mtAbortCmd(rec.TxnId, mtInsufficient, "", -1)
+				c.GetDecideTxn().Votes = []*raftv1.Vote{mtNo(rec.TxnId, 2)}
+				return c
 			}},
 		{name: "no decision", chain: 1, refused: "no decision",
 			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command { return mtDecide(rec.TxnId, mtNone, mtYes(rec)...) }},

@@ -44,6 +44,9 @@ func Read(st *kvstore.Store, q *raftv1.Query) (*raftv1.QueryResult, error) {
 		out.Txns, err = ReadOpen(sn)
 	case *raftv1.Query_Transfers:
 		out.Transfers, out.NotFound, err = ReadTransfers(st, op.Transfers.GetIds())
+		if err == nil {
+			out.Txns, err = ReadUndecided(st, op.Transfers.GetIds())
+		}
 	case *raftv1.Query_ShardState:
 		out.AppliedIndex, err = st.Applied()
 	default:

@@ -22,7 +22,7 @@ func mtDecideWith(d raftv1.TxnDecision, ts []*ledgerv1.Transfer, votes ...*raftv
 
 func mtAbortWith(ts []*ledgerv1.Transfer, st ledgerv1.TransferStatus, failedIndex int32) *raftv1.Command {
 	return &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: &raftv1.DecideTxn{TxnId: ts[0].Id, Decision: mtAbort,
-		Status: st, Message: "m", FailedIndex: failedIndex, Transfers: ts}}}
+		Status: st, Message: "m", FailedIndex: failedIndex, Transfers: ts, Votes: []*raftv1.Vote{mtNo(ts[0].Id, 0)}}}}
 }
 
 // mtYesFor is a PREPARED vote for every branch of a chain not yet recorded.
@@ -95,6 +95,7 @@ func TestDecideCreatesRecordRefusals(t *testing.T) {
 		{"commit for a pending transfer", mtDecideWith(mtCommit, []*ledgerv1.Transfer{mtPendingXfer("p1", 5, 60)},
 			mtYesFor([]*ledgerv1.Transfer{mtPendingXfer("p1", 5, 60)})...), "does not fit"},
 		{"no decision", mtDecideWith(mtNone, chain, yes...), "no decision"},
+		{"abort without a no vote", mtDecideWith(mtAbort, chain, yes...), "abort without a no vote"},
 		{"commit of an unknown txn without transfers", mtDecide("x1", mtCommit, yes...), "unknown txn"},
 		{"open chain", &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: &raftv1.DecideTxn{TxnId: "x1",
 			Decision: mtAbort, Transfers: []*ledgerv1.Transfer{mtXfer("x1", "a", "b", 5), mtXfer("x2", "c", "d", 7)}}}}, "linked chain"},
@@ -208,15 +209,25 @@ func TestDecisionFromVotes(t *testing.T) {
 		{"a refusal names its transfer", chain, []*raftv1.Vote{yes[0], yes[1], refused, yes[3]}, mtAbort, mtInsufficient, 1},
 		{"an aborted branch times out", chain, []*raftv1.Vote{yes[0], aborted, yes[2], yes[3]}, mtAbort,
 			ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, 0},
-		{"a missing vote times out", chain, []*raftv1.Vote{yes[0], yes[1], nil, yes[3]}, mtAbort,
-			ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, 1},
-		{"too few votes", chain, yes[:2], mtAbort, ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, -1},
+		// A missing vote decides nothing: its branch may be prepared.
+		{"a missing vote", chain, []*raftv1.Vote{yes[0], yes[1], nil, yes[3]}, mtNone, 0, 0},
+		{"a missing vote beside a no", chain, []*raftv1.Vote{yes[0], yes[1], refused, nil}, mtNone, 0, 0},
+		{"too few votes", chain, yes[:2], mtNone, 0, 0},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			d := coordinator.DecisionFromVotes(tc.chain[0].Id, tc.chain, tc.chain, tc.votes)
+			if tc.decision == mtNone {
+				if d != nil {
+					t.Fatalf("decided %v", d)
+				}
+				return
+			}
 			if d.Decision != tc.decision || d.Status != tc.status || d.FailedIndex != tc.failed || len(d.Transfers) != len(tc.chain) {
 				t.Fatalf("decision %v", d)
+			}
+			if d.Decision == mtAbort && (len(d.Votes) != 1 || d.Votes[0].GetState() == raftv1.BranchState_BRANCH_STATE_PREPARED) {
+				t.Fatalf("an abort carries its no vote: %v", d.Votes)
 			}
 		})
 	}

@@ -182,6 +182,17 @@ func (m *pmModel) begin(b *raftv1.BeginTxn) pmExpect {
 	return e
 }
 
+// pmAnyNo: a REFUSED or ABORTED vote of this txn for one of its branches.
+func pmAnyNo(id string, n int, votes []*raftv1.Vote) bool {
+	for _, v := range votes {
+		st := v.GetState()
+		if v.GetTxnId() == id && int(v.GetIndex()) < 2*n && (st == mtRefused || st == raftv1.BranchState_BRANCH_STATE_ABORTED) {
+			return true
+		}
+	}
+	return false
+}
+
 // pmAllYes: a PREPARED vote of this txn for every branch index.
 func pmAllYes(id string, n int, votes []*raftv1.Vote) bool {
 	yes := map[uint32]bool{}
@@ -223,6 +234,9 @@ func (m *pmModel) decide(d *raftv1.DecideTxn) pmExpect {
 			x.pstate = mtStatePending
 		}
 	case mtAbort:
+		if !pmAnyNo(x.id, len(x.transfers), d.GetVotes()) {
+			return pmExpect{refused: true} // every branch may be prepared: only a no vote aborts
+		}
 		x.status, x.msg, x.failedIdx = d.GetStatus(), d.GetMessage(), d.GetFailedIndex()
 		if x.failedIdx < -1 || int(x.failedIdx) >= len(x.transfers) {
 			x.failedIdx = -1
@@ -527,7 +541,14 @@ func (g *pmGen) decide() *raftv1.Command {
 		dt.Status = ledgerv1.TransferStatus(4 + g.r.IntN(6))
 		dt.Message = fmt.Sprintf("m%d", g.r.IntN(10))
 		dt.FailedIndex = int32(g.r.IntN(6) - 2)
-		if g.chance(0.7) {
+		switch p := g.r.Float64(); {
+		case p < 0.7 && len(dt.Votes) > 0: // the no vote an abort needs
+			v := dt.Votes[g.r.IntN(len(dt.Votes))]
+			v.State = mtRefused
+			if g.chance(0.3) {
+				v.State = raftv1.BranchState_BRANCH_STATE_ABORTED
+			}
+		case p < 0.85:
 			dt.Votes = nil
 		}
 	}

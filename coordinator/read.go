@@ -79,6 +79,33 @@ func ReadTransfers(r ledger.Reader, ids []string) (found []*ledgerv1.Transfer, n
 	return found, notFound, nil
 }
 
+// ReadUndecided returns the begun, undecided transactions that hold any of the transfer
+// ids (each once). Such a transaction may already be committed (begun with every branch
+// prepared: its router answered before logging the decision): a reader settles it
+// before answering.
+func ReadUndecided(r ledger.Reader, ids []string) ([]*raftv1.TxnRecord, error) {
+	var out []*raftv1.TxnRecord
+	seen := map[string]bool{}
+	for _, id := range ids {
+		txnID, ok, err := r.Get(key(prefixIndex, id))
+		if err != nil {
+			return nil, err
+		}
+		if !ok || seen[string(txnID)] {
+			continue
+		}
+		seen[string(txnID)] = true
+		rec, err := ReadTxn(r, string(txnID))
+		if err != nil {
+			return nil, err
+		}
+		if rec != nil && rec.Decision == decNone {
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
 func readTransfer(r ledger.Reader, id string) (*ledgerv1.Transfer, error) {
 	v, ok, err := r.Get(key(prefixResolved, id))
 	if err != nil {

@@ -107,16 +107,23 @@ func (r *Resolver) inquire(ctx context.Context, txnID string, branches []*raftv1
 		rec = res.Txns[0]
 	}
 	switch {
-	case rec == nil || rec.Decision == decNone:
-		// Nobody decided (presumed abort: the router that prepared the branches never
-		// logged a decision, or a driver has not yet): log an abort first, conditionally.
+	case rec == nil:
+		// Presumed abort: nobody began the transaction (its router died before its
+		// Begin was logged): log an abort tombstone. Refused if a Begin got logged
+		// meanwhile; the next scan finds that record.
 		dec := &raftv1.DecideTxn{TxnId: txnID, Decision: decAbort, FailedIndex: -1,
 			Status: ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, Message: "a participant's prepared branch timed out"}
 		out, err := r.cl.Propose(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}})
 		if err != nil || out.GetTxn() == nil {
 			return
 		}
-		rec = out.Txn // the decision that stands (maybe a commit logged first)
+		rec = out.Txn // the decision that stands (maybe one logged first)
+	case rec.Decision == decNone:
+		// Begun, undecided: decide it from the branches' stored states.
+		if rec, err = Recover(ctx, r.cl, group, rec); err != nil {
+			r.log.Warn("inquiry: cannot decide the transaction yet", "txn", txnID, "err", err)
+			return
+		}
 	}
 	// A branch the record does not list (a transaction id reused with other accounts)
 	// is never committed by anyone: abort it. The record's own branches follow the

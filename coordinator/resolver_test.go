@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
+	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
 )
 
 // fakeCluster answers the resolver from a fixed record and records what it is asked.
@@ -16,6 +17,7 @@ type fakeCluster struct {
 	rec       *raftv1.TxnRecord // what a query finds (nil: unknown)
 	decided   *raftv1.TxnRecord // what a proposed decision answers (the decision that stands)
 	proposals []*raftv1.DecideTxn
+	prepared  int
 	commits   []string // "txn/index/account"
 	aborts    []string
 }
@@ -27,8 +29,16 @@ func (f *fakeCluster) Propose(_ context.Context, _ uint64, cmd *raftv1.Command) 
 	return &raftv1.CommandResult{Txn: f.decided}, nil
 }
 
-func (f *fakeCluster) PrepareBranches(context.Context, []*raftv1.Branch) ([]*raftv1.Vote, error) {
-	panic("the resolver does not prepare")
+// PrepareBranches answers every branch as prepared (recovery of an undecided txn).
+func (f *fakeCluster) PrepareBranches(_ context.Context, bs []*raftv1.Branch) ([]*raftv1.Vote, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.prepared += len(bs)
+	var vs []*raftv1.Vote
+	for _, b := range bs {
+		vs = append(vs, &raftv1.Vote{TxnId: b.TxnId, Index: b.Index, State: raftv1.BranchState_BRANCH_STATE_PREPARED})
+	}
+	return vs, nil
 }
 
 func (f *fakeCluster) ResolveBranches(_ context.Context, refs []*raftv1.BranchRef, commit bool) ([]*raftv1.Vote, error) {
@@ -59,7 +69,8 @@ func TestResolverInquiry(t *testing.T) {
 		{TxnId: "T", Index: 1, AccountId: "B", Amount: 5},
 	}
 	record := func(d raftv1.TxnDecision) *raftv1.TxnRecord {
-		return &raftv1.TxnRecord{TxnId: "T", Decision: d, Branches: branches}
+		return &raftv1.TxnRecord{TxnId: "T", Decision: d, Branches: branches,
+			Transfers: []*ledgerv1.Transfer{{Id: "T", DebitAccountId: "A", CreditAccountId: "B", Amount: 5, Currency: "USD"}}}
 	}
 	tombstone := &raftv1.TxnRecord{TxnId: "T", Decision: decAbort, Forgotten: true}
 	// The inquiring shard holds T/0 on A (the record's) and T/0 on C: a branch a reuse of
@@ -68,16 +79,16 @@ func TestResolverInquiry(t *testing.T) {
 	cases := []struct {
 		name            string
 		rec, decided    *raftv1.TxnRecord
-		proposes        bool
+		proposes        raftv1.TxnDecision // the decision proposed, if any
 		commits, aborts []string
 	}{
-		{"committed: its branch commits, the stray one aborts", record(decCommit), nil, false,
+		{"committed: its branch commits, the stray one aborts", record(decCommit), nil, decNone,
 			[]string{"T/0/A"}, []string{"T/0/C"}},
-		{"aborted: both abort", record(decAbort), nil, false, nil, []string{"T/0/A", "T/0/C"}},
-		{"held: its branch keeps the reservation, the stray one aborts", record(decHold), nil, false,
+		{"aborted: both abort", record(decAbort), nil, decNone, nil, []string{"T/0/A", "T/0/C"}},
+		{"held: its branch keeps the reservation, the stray one aborts", record(decHold), nil, decNone,
 			nil, []string{"T/0/C"}},
-		{"unknown: an abort tombstone is logged, both abort", nil, tombstone, true, nil, []string{"T/0/A", "T/0/C"}},
-		{"undecided: an abort is proposed; a commit logged first stands", record(decNone), record(decCommit), true,
+		{"unknown: an abort tombstone is logged, both abort", nil, tombstone, decAbort, nil, []string{"T/0/A", "T/0/C"}},
+		{"begun, undecided, every branch prepared: recovery commits", record(decNone), record(decCommit), decCommit,
 			[]string{"T/0/A"}, []string{"T/0/C"}},
 	}
 	for _, tc := range cases {
@@ -85,13 +96,19 @@ func TestResolverInquiry(t *testing.T) {
 			f := &fakeCluster{rec: tc.rec, decided: tc.decided}
 			r := NewResolver(func() []uint64 { return nil }, func(string) uint64 { return 1 }, f, ResolverOptions{})
 			r.inquire(context.Background(), "T", mine)
-			if got := len(f.proposals) > 0; got != tc.proposes {
-				t.Fatalf("proposed %v, want %v", f.proposals, tc.proposes)
+			switch {
+			case tc.proposes == decNone && len(f.proposals) > 0:
+				t.Fatalf("proposed %v", f.proposals)
+			case tc.proposes != decNone && (len(f.proposals) != 1 || f.proposals[0].GetDecision() != tc.proposes):
+				t.Fatalf("proposed %v, want one %v", f.proposals, tc.proposes)
 			}
 			for _, p := range f.proposals {
-				if p.GetDecision() != decAbort || len(p.GetTransfers()) != 0 || p.GetTxnId() != "T" {
+				if len(p.GetTransfers()) != 0 || p.GetTxnId() != "T" {
 					t.Errorf("inquiry proposed %v", p)
 				}
+			}
+			if tc.proposes == decCommit && f.prepared != len(branches) {
+				t.Errorf("recovery prepared %d branches, want the record's %d", f.prepared, len(branches))
 			}
 			if !slices.Equal(f.commits, tc.commits) || !slices.Equal(f.aborts, tc.aborts) {
 				t.Fatalf("commits %v aborts %v, want %v %v", f.commits, f.aborts, tc.commits, tc.aborts)

@@ -472,14 +472,28 @@ func (r *Router) lookupTransfers(ctx context.Context, ids []string) ([]*ledgerv1
 	for _, g := range m.CoordinatorGroups {
 		byShard[g] = ids
 	}
-	found := map[string]*ledgerv1.Transfer{}
-	err = r.fanOut(ctx, byShard, false, transfersQuery, func(res *raftv1.QueryResult) {
-		for _, t := range res.Transfers {
-			found[t.GetId()] = t
+	var found map[string]*ledgerv1.Transfer
+	for attempt := 0; ; attempt++ {
+		found = map[string]*ledgerv1.Transfer{}
+		var undecided []*raftv1.TxnRecord
+		err = r.fanOut(ctx, byShard, false, transfersQuery, func(res *raftv1.QueryResult) {
+			for _, t := range res.Transfers {
+				found[t.GetId()] = t
+			}
+			undecided = append(undecided, res.Txns...)
+		})
+		if err != nil {
+			return nil, nil, err
 		}
-	})
-	if err != nil {
-		return nil, nil, err
+		if len(undecided) == 0 || attempt > 0 {
+			break
+		}
+		// A begun transaction with no decision may be committed already (its router
+		// answered before logging the decision): settle it, then read again, so a
+		// client always reads the transfers it was told are created.
+		if err := r.settle(ctx, m, undecided); err != nil {
+			return nil, nil, toConnect(err)
+		}
 	}
 	var out []*ledgerv1.Transfer
 	var notFound []string

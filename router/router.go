@@ -54,9 +54,13 @@ type Options struct {
 	// TxnInflightMax bounds the cross-shard transactions this router waits on at once;
 	// past it: resource_exhausted.
 	TxnInflightMax int
-	// BeforeDecide, for tests: runs once a cross-shard transaction's branches are
-	// prepared, before its decision is proposed; an error stops there (the router
-	// "dies": the branches stay prepared with no decision logged).
+	// BeforeBegin, for tests: runs before a cross-shard transaction's Begin is
+	// proposed (its branches are prepared meanwhile); an error stops there (the router
+	// "dies" before the Begin: the branches stay prepared with no record).
+	BeforeBegin func(ctx context.Context, txnID string) error
+	// BeforeDecide, for tests: runs once a cross-shard transaction is begun and its
+	// branches prepared, before the router answers or logs a decision; an error stops
+	// there (the router "dies": begun, prepared, undecided).
 	BeforeDecide func(ctx context.Context, txnID string) error
 	// AfterDecision, for tests: runs once a cross-shard transaction is decided, before
 	// the client is answered; an error replaces the answer (a lost response).
@@ -106,7 +110,8 @@ type Router struct {
 
 	shardMap  atomic.Pointer[raftv1.ShardMap]
 	refreshMu sync.Mutex
-	txns      atomic.Int64 // cross-shard transactions in flight
+	txns      atomic.Int64  // cross-shard transactions in flight
+	decisions chan struct{} // commit decisions being logged after the answer
 
 	mu     sync.Mutex
 	queues map[uint64]*shardQueue
@@ -126,7 +131,7 @@ func New(backends []Backend, opts Options) (*Router, error) {
 	opts.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Router{opts: opts, backends: backends, log: opts.Logger, queues: map[uint64]*shardQueue{},
-		pref: map[uint64]int{}, ctx: ctx, cancel: cancel}, nil
+		pref: map[uint64]int{}, decisions: make(chan struct{}, opts.TxnInflightMax), ctx: ctx, cancel: cancel}, nil
 }
 
 // Close stops the batchers.

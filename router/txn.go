@@ -168,13 +168,21 @@ func (r *Router) reserveTxns(n int) error {
 func (r *Router) releaseTxns(n int) { r.txns.Add(-int64(n)) }
 
 // runTxns runs a request's cross-shard chains (single transfers or linked chains; or
-// posts/voids of cross-shard pending transfers) and answers each once its decision is
-// durable. Presumed abort: the router prepares every branch of every chain first (one
-// command per shard for the whole request), then logs each chain's decision with its
-// transfers in its coordinator group, which creates the record already decided; the
-// group's driver then commits or aborts the branches. A router that dies between the
-// two leaves prepared branches that no record names; their shards ask the coordinator
-// after a while, which logs an abort for them (a decision sent later reads it).
+// posts/voids of cross-shard pending transfers) and answers each once its outcome is
+// durable.
+//
+// Parallel commits: the router logs each transaction's Begin in its coordinator group
+// and, at the same time, prepares every branch of every transaction (one command per
+// shard for the whole request). A transaction begun with every branch prepared is
+// committed: the router answers then, after one round, and logs the COMMIT decision in
+// the background. Nobody can log an abort for it any more: the coordinator takes an
+// abort only with a vote showing a branch refused or aborted, and a prepared branch
+// stays prepared until the decision. If the router dies first, the coordinator's
+// driver (after DriverOptions.RecoverAfter) or a participant's inquiry prepares every
+// branch again and logs what their stored states call for: the same commit.
+//
+// Two-phase (pending) transfers take two rounds: the prepares, then the HOLD decision
+// with the transfers (presumed abort: no Begin), since a post must find it decided.
 func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*ledgerv1.Transfer) ([][]*ledgerv1.TransferResult, []error) {
 	out := make([][]*ledgerv1.TransferResult, len(chains))
 	errs := make([]error, len(chains))
@@ -198,30 +206,40 @@ func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*le
 			out[i], errs[i] = r.resolvePending(ctx, m, chain[0])
 		}()
 	}
-	// Prepare every branch of every transaction: one command per shard.
+	// Begin the transactions (not the pending ones) while their branches are prepared.
+	begun := make([]*raftv1.CommandResult, len(chains))
+	beginErr := make([]error, len(chains))
+	var begins sync.WaitGroup
 	branches := make([][]*raftv1.Branch, len(chains))
 	var all []*raftv1.Branch
 	for _, i := range txns {
-		branches[i] = coordinator.Branches(chains[i][0].GetId(), chains[i])
+		txnID := chains[i][0].GetId()
+		branches[i] = coordinator.Branches(txnID, chains[i])
 		all = append(all, branches[i]...)
+		if chains[i][0].GetPending() {
+			continue
+		}
+		begins.Add(1)
+		go func() {
+			defer begins.Done()
+			if h := r.opts.BeforeBegin; h != nil {
+				if beginErr[i] = h(ctx, txnID); beginErr[i] != nil {
+					return
+				}
+			}
+			group := coordinator.GroupOf(txnID, m.CoordinatorGroups)
+			begun[i], beginErr[i] = r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_BeginTxn{
+				BeginTxn: &raftv1.BeginTxn{TxnId: txnID, Transfers: chains[i]}}}, len(chains[i]))
+		}()
 	}
 	var votes []*raftv1.Vote
-	var prepErr error
 	if len(all) > 0 {
-		votes, prepErr = r.PrepareBranches(ctx, all)
+		votes, _ = r.PrepareBranches(ctx, all) // a missing vote decides nothing
 	}
-	if len(votes) != len(all) { // a missing vote decides an abort (timed out)
+	if len(votes) != len(all) {
 		votes = make([]*raftv1.Vote, len(all))
 	}
-	if prepErr != nil && ctx.Err() != nil {
-		// Unknown outcome: the client retries with the same ids; prepared branches are
-		// resolved by their shards' inquiry.
-		for _, i := range txns {
-			errs[i] = prepErr
-		}
-		wg.Wait()
-		return out, errs
-	}
+	begins.Wait()
 	k := 0
 	for _, i := range txns {
 		mine := votes[k : k+len(branches[i])]
@@ -229,11 +247,126 @@ func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*le
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i], errs[i] = r.decide(ctx, m, chains[i], branches[i], mine)
+			if chains[i][0].GetPending() {
+				out[i], errs[i] = r.decide(ctx, m, chains[i], branches[i], mine)
+			} else {
+				out[i], errs[i] = r.commitBegun(ctx, m, chains[i], branches[i], mine, begun[i], beginErr[i])
+			}
 		}()
 	}
 	wg.Wait()
 	return out, errs
+}
+
+// commitBegun answers a transaction whose Begin and prepares have come back.
+func (r *Router) commitBegun(ctx context.Context, m *raftv1.ShardMap, chain []*ledgerv1.Transfer, branches []*raftv1.Branch,
+	votes []*raftv1.Vote, res *raftv1.CommandResult, beginErr error) ([]*ledgerv1.TransferResult, error) {
+	txnID := chain[0].GetId()
+	group := coordinator.GroupOf(txnID, m.CoordinatorGroups)
+	if beginErr != nil {
+		// Unknown: the record may exist. A retry with the same ids reads the outcome;
+		// prepared branches are settled by their shards' inquiry.
+		return nil, beginErr
+	}
+	if len(res.Transfers) > 0 { // ID_REUSED: this chain is not the transaction its id names
+		r.releaseStray(ctx, group, txnID, branches, res.Txn)
+		return res.Transfers, nil
+	}
+	rec := res.Txn
+	if res.Refusal != raftv1.Refusal_REFUSAL_UNSPECIFIED || rec == nil {
+		return nil, fmt.Errorf("coordinator refused the transaction: %s", res.Message)
+	}
+	if rec.Decision == raftv1.TxnDecision_TXN_DECISION_UNSPECIFIED {
+		dec := coordinator.DecisionFromVotes(txnID, chain, nil, votes)
+		if dec == nil {
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf(
+				"transaction %q: a participant did not answer; outcome unknown, retry with the same ids", txnID))
+		}
+		if h := r.opts.BeforeDecide; h != nil {
+			if err := h(ctx, txnID); err != nil {
+				return nil, err
+			}
+		}
+		if dec.Decision == raftv1.TxnDecision_TXN_DECISION_COMMIT {
+			// Begun, every branch prepared: committed. The decision is logged after the
+			// answer; a driver or an inquiry logs the same one if this router cannot.
+			r.logDecision(group, dec)
+			if h := r.opts.AfterDecision; h != nil {
+				if err := h(txnID); err != nil {
+					return nil, err
+				}
+			}
+			return committed(chain, res.Existed), nil
+		}
+		dres, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}}, len(chain))
+		if err != nil {
+			return nil, err
+		}
+		if dres.Refusal != raftv1.Refusal_REFUSAL_UNSPECIFIED || dres.Txn == nil {
+			return nil, fmt.Errorf("coordinator refused the decision: %s", dres.Message)
+		}
+		rec = dres.Txn
+	}
+	if len(rec.Transfers) == 0 {
+		// An abort tombstone logged on a participant's inquiry before this Begin:
+		// nothing drives this chain's branches but this router (and the inquiries).
+		r.releaseStray(ctx, group, txnID, branches, rec)
+		rec = proto.Clone(rec).(*raftv1.TxnRecord)
+		rec.Transfers = chain
+	}
+	if h := r.opts.AfterDecision; h != nil {
+		if err := h(rec.TxnId); err != nil {
+			return nil, err
+		}
+	}
+	return coordinator.Outcome(rec, res.Existed), nil
+}
+
+// settle decides begun, undecided transactions from their branches' stored states.
+func (r *Router) settle(ctx context.Context, m *raftv1.ShardMap, recs []*raftv1.TxnRecord) error {
+	errs := make([]error, len(recs))
+	var wg sync.WaitGroup
+	for i, rec := range recs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = coordinator.Recover(ctx, r, coordinator.GroupOf(rec.TxnId, m.CoordinatorGroups), rec)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// committed is the answer for a committed chain.
+func committed(chain []*ledgerv1.Transfer, existed bool) []*ledgerv1.TransferResult {
+	st := ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED
+	if existed {
+		st = ledgerv1.TransferStatus_TRANSFER_STATUS_EXISTS
+	}
+	out := make([]*ledgerv1.TransferResult, len(chain))
+	for i, t := range chain {
+		out[i] = &ledgerv1.TransferResult{Id: t.GetId(), Status: st}
+	}
+	return out
+}
+
+// logDecision logs a commit the router has already answered, in the background, with
+// at most DecisionsInflightMax under way; past that (or on failure) the coordinator's
+// driver logs it after DriverOptions.RecoverAfter.
+func (r *Router) logDecision(group uint64, dec *raftv1.DecideTxn) {
+	select {
+	case r.decisions <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-r.decisions }()
+		ctx, cancel := context.WithTimeout(r.ctx, r.opts.RequestTimeout)
+		defer cancel()
+		if _, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}}, 1); err != nil {
+			r.log.Debug("log commit decision; the coordinator's driver will", "txn", dec.TxnId, "err", err)
+		}
+	}()
 }
 
 // resolvePending posts or voids a cross-shard pending transfer through its coordinator.
@@ -255,6 +388,10 @@ func (r *Router) decide(ctx context.Context, m *raftv1.ShardMap, chain []*ledger
 	txnID := chain[0].GetId()
 	group := coordinator.GroupOf(txnID, m.CoordinatorGroups)
 	dec := coordinator.DecisionFromVotes(txnID, chain, chain, votes)
+	if dec == nil {
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf(
+			"transaction %q: a participant did not answer; outcome unknown, retry with the same ids", txnID))
+	}
 	if h := r.opts.BeforeDecide; h != nil {
 		if err := h(ctx, txnID); err != nil {
 			return nil, err

@@ -65,7 +65,7 @@ func startClusterWith(t *testing.T, dir string, addrs []string, mutate func(*Con
 	defer cancel()
 	cfg := Config{Dir: dir, RaftAddresses: addrs, ShardCount: 4, SlotCount: testSlots,
 		RTTMillisecond: 5, Router: router.Options{ProposalTimeout: time.Second},
-		Agents: AgentOptions{Driver: coordinator.DriverOptions{Tick: 10 * time.Millisecond, PrepareTimeout: 5 * time.Second},
+		Agents: AgentOptions{Driver: coordinator.DriverOptions{Tick: 10 * time.Millisecond, RecoverAfter: 500 * time.Millisecond},
 			Resolver: coordinator.ResolverOptions{InquireAfter: 3 * time.Second, Interval: 200 * time.Millisecond}},
 		Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	if mutate != nil {

@@ -189,7 +189,7 @@ func killHook(victim *atomic.Uint64, reached chan<- string) func(uint64) AgentOp
 			<-ctx.Done()
 		}
 		return AgentOptions{
-			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond, PrepareTimeout: 5 * time.Second, Hooks: coordinator.Hooks{BeforeResolve: block}},
+			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond, RecoverAfter: time.Second, Hooks: coordinator.Hooks{BeforeResolve: block}},
 			Resolver: coordinator.ResolverOptions{InquireAfter: 3 * time.Second, Interval: 200 * time.Millisecond},
 		}
 	}
@@ -387,24 +387,18 @@ func TestPendingExpiresWhileCoordinatorLeaderDown(t *testing.T) {
 	waitConverged(t, fc.Local)
 }
 
-// TestParticipantInquiryAbortsUndecided holds the router after the branches are
-// prepared, before it logs the decision (as if it died): the participants' resolver
-// finds its branches prepared too long, asks the coordinator, which knows no decision
-// and logs an abort; when the router is let go, its late commit reads that abort.
-func TestParticipantInquiryAbortsUndecided(t *testing.T) {
+// TestParticipantInquiryAbortsUnbegun: the router "dies" before logging the Begin (its
+// branches are prepared, no record exists): the participants' resolver finds its
+// branches prepared too long, asks the coordinator, which logs an abort tombstone; the
+// retry reads that abort.
+func TestParticipantInquiryAbortsUnbegun(t *testing.T) {
 	var held atomic.Int64
 	fc := startFaultCluster(t, func(c *Config) {
-		c.Router.BeforeDecide = func(ctx context.Context, txn string) error {
-			if !strings.HasPrefix(txn, "inq-") {
+		c.Router.BeforeBegin = func(ctx context.Context, txn string) error {
+			if !strings.HasPrefix(txn, "inq-") || held.Add(1) > 1 {
 				return nil
 			}
-			held.Add(1)
-			select {
-			case <-time.After(4 * time.Second): // past the inquiry (1 s) and its abort
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
+			return connect.NewError(connect.CodeUnavailable, errors.New("router died before the Begin (test)"))
 		}
 		c.Agents = AgentOptions{
 			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond},
@@ -413,30 +407,74 @@ func TestParticipantInquiryAbortsUndecided(t *testing.T) {
 	})
 	a, b := idsOnShard("inq-a", 1, 1)[0], idsOnShard("inq-b", 3, 1)[0]
 	createAccounts(t, fc.client, []string{a, b}, false)
-	res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+	_, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
 		Transfers: []*ledgerv1.Transfer{transfer("inq-1", a, b, 9)}}))
-	if err != nil {
-		t.Fatal(err)
+	if connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("want the router's death, got %v", err)
 	}
-	if s := res.Msg.Results[0].Status; s != ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT {
-		t.Fatalf("want TIMED_OUT (aborted on a participant's inquiry), got %v %s", s, res.Msg.Results[0].Message)
+	if accs := getAccounts(t, fc.client, []string{a, b}); accs[a].DebitsPending != 9 || accs[b].CreditsPending != 9 {
+		t.Fatalf("the branches were not prepared: %v %v", accs[a], accs[b])
 	}
-	if held.Load() == 0 {
-		t.Fatal("the router never reached its decision point")
-	}
-	waitQuiescent(t, fc.testCluster)
+	waitQuiescent(t, fc.testCluster) // the inquiry's tombstone, then the branches released
 	accs := getAccounts(t, fc.client, []string{a, b})
 	if accs[a].DebitsPosted != 0 || accs[a].DebitsPending != 0 || accs[b].CreditsPosted != 0 || accs[b].CreditsPending != 0 {
 		t.Fatalf("an aborted transfer moved money: %v %v", accs[a], accs[b])
 	}
-	res, err = fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+	res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
 		Transfers: []*ledgerv1.Transfer{transfer("inq-1", a, b, 9)}}))
 	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT {
-		t.Fatalf("retry must keep the outcome: %v %v", res, err)
+		t.Fatalf("the retry must read the abort: %v %v", res, err)
 	}
+	waitQuiescent(t, fc.testCluster)
 	gt, err := fc.client.GetTransfers(context.Background(), connect.NewRequest(&ledgerv1.GetTransfersRequest{Ids: []string{"inq-1"}}))
 	if err != nil || len(gt.Msg.Transfers) != 0 {
 		t.Fatalf("an aborted transfer reads as present: %v %v", gt, err)
+	}
+	if accs := getAccounts(t, fc.client, []string{a, b}); accs[a].DebitsPending != 0 || accs[b].CreditsPending != 0 {
+		t.Fatalf("the retry left money reserved: %v %v", accs[a], accs[b])
+	}
+}
+
+// TestRouterDiesAfterStaging: the router "dies" once the Begin is logged and every
+// branch prepared, before answering or logging the decision. The transaction is
+// committed by then: the coordinator's driver (or an inquiry) logs that commit; the
+// client's retry answers EXISTS and the money moved once.
+func TestRouterDiesAfterStaging(t *testing.T) {
+	var held atomic.Int64
+	fc := startFaultCluster(t, func(c *Config) {
+		c.Router.BeforeDecide = func(ctx context.Context, txn string) error {
+			if !strings.HasPrefix(txn, "stg-") || held.Add(1) > 1 {
+				return nil
+			}
+			return connect.NewError(connect.CodeUnavailable, errors.New("router died after staging (test)"))
+		}
+		c.Agents = AgentOptions{
+			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond, RecoverAfter: 500 * time.Millisecond},
+			Resolver: coordinator.ResolverOptions{InquireAfter: 5 * time.Second, Interval: 100 * time.Millisecond},
+		}
+	})
+	a, b := idsOnShard("stg-a", 2, 1)[0], idsOnShard("stg-b", 4, 1)[0]
+	createAccounts(t, fc.client, []string{a, b}, false)
+	_, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+		Transfers: []*ledgerv1.Transfer{transfer("stg-1", a, b, 11)}}))
+	if connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("want the router's death, got %v", err)
+	}
+	// At once (before the driver's RecoverAfter): a reader settles the staged
+	// transaction and finds it committed.
+	gt, err := fc.client.GetTransfers(context.Background(), connect.NewRequest(&ledgerv1.GetTransfersRequest{Ids: []string{"stg-1"}}))
+	if err != nil || len(gt.Msg.Transfers) != 1 {
+		t.Fatalf("a committed transfer must read as present: %v %v", gt, err)
+	}
+	waitQuiescent(t, fc.testCluster)
+	accs := getAccounts(t, fc.client, []string{a, b})
+	if accs[a].DebitsPosted != 11 || accs[b].CreditsPosted != 11 || accs[a].DebitsPending != 0 || accs[b].CreditsPending != 0 {
+		t.Fatalf("a staged transfer was not committed exactly once: %v %v", accs[a], accs[b])
+	}
+	res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+		Transfers: []*ledgerv1.Transfer{transfer("stg-1", a, b, 11)}}))
+	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_EXISTS {
+		t.Fatalf("the retry must answer EXISTS: %v %v", res, err)
 	}
 }
 
