@@ -307,10 +307,16 @@ func (r *Router) commitBegun(ctx context.Context, m *raftv1.ShardMap, chain []*l
 		}
 		rec = dres.Txn
 	}
+	return r.answer(ctx, group, chain, branches, rec, res.Existed)
+}
+
+// answer is a chain's outcome from the decision that stands.
+func (r *Router) answer(ctx context.Context, group uint64, chain []*ledgerv1.Transfer, branches []*raftv1.Branch,
+	rec *raftv1.TxnRecord, existed bool) ([]*ledgerv1.TransferResult, error) {
 	if len(rec.Transfers) == 0 {
-		// An abort tombstone logged on a participant's inquiry before this Begin:
-		// nothing drives this chain's branches but this router (and the inquiries).
-		r.releaseStray(ctx, group, txnID, branches, rec)
+		// An abort tombstone logged on a participant's inquiry first: nothing drives
+		// this chain's branches but this router (and the inquiries).
+		r.releaseStray(ctx, group, rec.TxnId, branches, rec)
 		rec = proto.Clone(rec).(*raftv1.TxnRecord)
 		rec.Transfers = chain
 	}
@@ -319,7 +325,7 @@ func (r *Router) commitBegun(ctx context.Context, m *raftv1.ShardMap, chain []*l
 			return nil, err
 		}
 	}
-	return coordinator.Outcome(rec, res.Existed), nil
+	return coordinator.Outcome(rec, existed), nil
 }
 
 // settle decides begun, undecided transactions from their branches' stored states.
@@ -405,23 +411,10 @@ func (r *Router) decide(ctx context.Context, m *raftv1.ShardMap, chain []*ledger
 		r.releaseStray(ctx, group, txnID, branches, res.Txn)
 		return res.Transfers, nil
 	}
-	rec := res.Txn
-	if res.Refusal != raftv1.Refusal_REFUSAL_UNSPECIFIED || rec == nil {
+	if res.Refusal != raftv1.Refusal_REFUSAL_UNSPECIFIED || res.Txn == nil {
 		return nil, fmt.Errorf("coordinator refused the decision: %s", res.Message)
 	}
-	if len(rec.Transfers) == 0 {
-		// An abort logged on a participant's inquiry before this decision: nothing
-		// drives this chain's branches but this router (and, later, the inquiries).
-		r.releaseStray(ctx, group, txnID, branches, rec)
-		rec = proto.Clone(rec).(*raftv1.TxnRecord)
-		rec.Transfers = chain
-	}
-	if h := r.opts.AfterDecision; h != nil {
-		if err := h(rec.TxnId); err != nil {
-			return nil, err
-		}
-	}
-	return coordinator.Outcome(rec, res.Existed), nil
+	return r.answer(ctx, group, chain, branches, res.Txn, res.Existed)
 }
 
 // releaseStray aborts the branches this router prepared that the transaction's record
