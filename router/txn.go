@@ -388,8 +388,9 @@ func (r *Router) resolvePending(ctx context.Context, m *raftv1.ShardMap, t *ledg
 	return res.Transfers, nil
 }
 
-// decide logs a prepared chain's decision (creating its record) and answers from the
-// decision that stands.
+// decide logs a prepared two-phase (pending) transfer's decision, HOLD or ABORT, with
+// its transfers: the record is created decided (presumed abort, no Begin: a post must
+// find it decided). It answers from the decision that stands.
 func (r *Router) decide(ctx context.Context, m *raftv1.ShardMap, chain []*ledgerv1.Transfer, branches []*raftv1.Branch, votes []*raftv1.Vote) ([]*ledgerv1.TransferResult, error) {
 	txnID := chain[0].GetId()
 	group := coordinator.GroupOf(txnID, m.CoordinatorGroups)
