@@ -88,7 +88,8 @@ type Driver struct {
 	// tracked: open txns this leader knows; running: those with a goroutine.
 	tracked map[string]*raftv1.TxnRecord
 	running map[string]bool
-	batches int // resolveBatch goroutines running
+	batches int  // resolveBatch goroutines running
+	rescan  bool // a limit left tracked work unscheduled: the next loop looks at all
 }
 
 // NotifyMax bounds buffered notifications; past it the driver reloads instead.
@@ -142,11 +143,13 @@ func (d *Driver) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
+		woken := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-d.wake:
+			woken = true
 		}
 		if !d.isLeader() {
 			if leading {
@@ -183,17 +186,33 @@ func (d *Driver) Run(ctx context.Context) {
 			}
 			d.tracked[rec.TxnId] = rec
 		}
+		// On a wake only what was just applied can have become ready; the tick (or a
+		// wake after a limit left work behind) looks at everything tracked.
+		scan := d.tracked
+		if woken && !reload && !d.rescan {
+			scan = make(map[string]*raftv1.TxnRecord, len(notified))
+			for _, rec := range notified {
+				if cur, ok := d.tracked[rec.TxnId]; ok {
+					scan[rec.TxnId] = cur
+				}
+			}
+		}
+		d.rescan = false
 		var expired []string
 		var batch []*raftv1.TxnRecord
 		now := d.opts.Now().UnixNano()
-		for id, rec := range d.tracked {
+		for id, rec := range scan {
 			if rec.Decision == decHold {
 				if rec.ExpiresAtUnixNano > 0 && now >= rec.ExpiresAtUnixNano {
 					expired = append(expired, id)
 				}
 				continue
 			}
-			if d.running[id] || len(d.running) >= d.opts.InflightMax {
+			if d.running[id] {
+				continue
+			}
+			if len(d.running) >= d.opts.InflightMax {
+				d.rescan = true
 				continue
 			}
 			if rec.Decision == decNone && now-rec.BegunAtUnixNano < int64(d.opts.RecoverAfter) {
@@ -203,6 +222,8 @@ func (d *Driver) Run(ctx context.Context) {
 				if len(batch) < ResolveBatchMax && d.batches < ResolveBatchesMax {
 					d.running[id] = true
 					batch = append(batch, rec)
+				} else {
+					d.rescan = true
 				}
 				continue
 			}

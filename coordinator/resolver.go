@@ -38,7 +38,8 @@ func NewResolver(ledShards func() []uint64, coordOf func(txnID string) uint64, c
 		opts.InquireAfter = 15 * time.Second
 	}
 	if opts.Interval == 0 {
-		opts.Interval = time.Second
+		// Each scan reads every prepared branch of the shard: under load thousands.
+		opts.Interval = 3 * time.Second
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
