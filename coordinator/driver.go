@@ -43,7 +43,9 @@ type DriverOptions struct {
 	RecoverAfter time.Duration
 	// Tick is how often the driver looks for work without being woken.
 	Tick time.Duration
-	// InflightMax bounds the transactions driven at once.
+	// InflightMax bounds the transactions driven at once (default: room for
+	// ResolveBatchesMax full batches; with less, under load the commits fell behind
+	// the decisions and open transactions piled up).
 	InflightMax int
 	Now         func() time.Time
 	Hooks       Hooks
@@ -58,7 +60,7 @@ func (o *DriverOptions) setDefaults() {
 		o.Tick = 50 * time.Millisecond
 	}
 	if o.InflightMax == 0 {
-		o.InflightMax = 4096
+		o.InflightMax = ResolveBatchMax * ResolveBatchesMax
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -189,6 +191,11 @@ func (d *Driver) Run(ctx context.Context) {
 		// On a wake only what was just applied can have become ready; the tick (or a
 		// wake after a limit left work behind) looks at everything tracked.
 		scan := d.tracked
+		if woken && !reload && (len(d.running) >= d.opts.InflightMax || d.batches >= ResolveBatchesMax) {
+			// Nothing can be scheduled before a batch finishes (which wakes the loop).
+			d.mu.Unlock()
+			continue
+		}
 		if woken && !reload && !d.rescan {
 			scan = make(map[string]*raftv1.TxnRecord, len(notified))
 			for _, rec := range notified {
