@@ -192,7 +192,9 @@ func (d *Driver) Run(ctx context.Context) {
 		// wake after a limit left work behind) looks at everything tracked.
 		scan := d.tracked
 		if woken && !reload && (len(d.running) >= d.opts.InflightMax || d.batches >= ResolveBatchesMax) {
-			// Nothing can be scheduled before a batch finishes (which wakes the loop).
+			// Nothing can be scheduled before a batch finishes; its end wakes the loop,
+			// which then looks at everything.
+			d.rescan = true
 			d.mu.Unlock()
 			continue
 		}
