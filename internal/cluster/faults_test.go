@@ -507,3 +507,37 @@ func TestIntraShardPendingExpiresByItself(t *testing.T) {
 	}
 	waitQuiescent(t, fc.testCluster)
 }
+
+// TestRoutersDieAtRandomUnderLoad: under concurrent cross-shard load, the router "dies"
+// at random before a transaction's Begin (branches prepared, no record) or after it is
+// staged (begun, every branch prepared, no answer, no decision). Clients retry with the
+// same ids. At quiescence: every acknowledged transfer is present, every final failure
+// absent, money moved exactly once per present transfer, nothing in doubt.
+func TestRoutersDieAtRandomUnderLoad(t *testing.T) {
+	var n, deaths atomic.Uint64
+	die := func(every uint64, what string) func(context.Context, string) error {
+		return func(context.Context, string) error {
+			if n.Add(1)%every != 0 {
+				return nil
+			}
+			deaths.Add(1)
+			return connect.NewError(connect.CodeUnavailable, errors.New("router died "+what+" (test)"))
+		}
+	}
+	fc := startFaultCluster(t, func(c *Config) {
+		c.Router.BeforeBegin = die(13, "before the Begin")
+		c.Router.BeforeDecide = die(7, "after staging")
+		c.Agents = AgentOptions{
+			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond, RecoverAfter: 300 * time.Millisecond},
+			Resolver: coordinator.ResolverOptions{InquireAfter: time.Second, Interval: 100 * time.Millisecond},
+		}
+	})
+	l := startLoad(t, fc.testCluster, "rd", 6)
+	l.waitAcked(t, 300)
+	l.finish()
+	if deaths.Load() == 0 {
+		t.Fatal("the router never died")
+	}
+	l.verify(t, fc.testCluster)
+	t.Logf("the router died %d times", deaths.Load())
+}
