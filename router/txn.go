@@ -277,15 +277,9 @@ func (r *Router) commitBegun(ctx context.Context, m *raftv1.ShardMap, chain []*l
 		return nil, fmt.Errorf("coordinator refused the transaction: %s", res.Message)
 	}
 	if rec.Decision == raftv1.TxnDecision_TXN_DECISION_UNSPECIFIED {
-		dec := coordinator.DecisionFromVotes(txnID, chain, nil, votes)
-		if dec == nil {
-			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf(
-				"transaction %q: a participant did not answer; outcome unknown, retry with the same ids", txnID))
-		}
-		if h := r.opts.BeforeDecide; h != nil {
-			if err := h(ctx, txnID); err != nil {
-				return nil, err
-			}
+		dec, err := r.decision(ctx, chain, nil, votes)
+		if err != nil {
+			return nil, err
 		}
 		if dec.Decision == raftv1.TxnDecision_TXN_DECISION_COMMIT {
 			// Begun, every branch prepared: committed. The decision is logged after the
@@ -388,13 +382,11 @@ func (r *Router) resolvePending(ctx context.Context, m *raftv1.ShardMap, t *ledg
 	return res.Transfers, nil
 }
 
-// decide logs a prepared two-phase (pending) transfer's decision, HOLD or ABORT, with
-// its transfers: the record is created decided (presumed abort, no Begin: a post must
-// find it decided). It answers from the decision that stands.
-func (r *Router) decide(ctx context.Context, m *raftv1.ShardMap, chain []*ledgerv1.Transfer, branches []*raftv1.Branch, votes []*raftv1.Vote) ([]*ledgerv1.TransferResult, error) {
+// decision is what a chain's votes call for (ts: the transfers when the decision creates
+// the record); unavailable while a vote is missing (nothing may be decided then).
+func (r *Router) decision(ctx context.Context, chain, ts []*ledgerv1.Transfer, votes []*raftv1.Vote) (*raftv1.DecideTxn, error) {
 	txnID := chain[0].GetId()
-	group := coordinator.GroupOf(txnID, m.CoordinatorGroups)
-	dec := coordinator.DecisionFromVotes(txnID, chain, chain, votes)
+	dec := coordinator.DecisionFromVotes(txnID, chain, ts, votes)
 	if dec == nil {
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf(
 			"transaction %q: a participant did not answer; outcome unknown, retry with the same ids", txnID))
@@ -403,6 +395,19 @@ func (r *Router) decide(ctx context.Context, m *raftv1.ShardMap, chain []*ledger
 		if err := h(ctx, txnID); err != nil {
 			return nil, err
 		}
+	}
+	return dec, nil
+}
+
+// decide logs a prepared two-phase (pending) transfer's decision, HOLD or ABORT, with
+// its transfers: the record is created decided (presumed abort, no Begin: a post must
+// find it decided). It answers from the decision that stands.
+func (r *Router) decide(ctx context.Context, m *raftv1.ShardMap, chain []*ledgerv1.Transfer, branches []*raftv1.Branch, votes []*raftv1.Vote) ([]*ledgerv1.TransferResult, error) {
+	txnID := chain[0].GetId()
+	group := coordinator.GroupOf(txnID, m.CoordinatorGroups)
+	dec, err := r.decision(ctx, chain, chain, votes)
+	if err != nil {
+		return nil, err
 	}
 	res, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}}, len(chain))
 	if err != nil {
