@@ -14,6 +14,7 @@ const CacheEntriesMax = 200_000
 // exactly what pebble holds for the keys it has, because every commit goes through it.
 type applyCache struct {
 	store *kvstore.Store
+	rd    *kvstore.PointReader // this batch's view of the store, made on the first miss
 	m     map[string][]byte
 	eager func(key []byte) bool // keys cached as soon as they are written
 }
@@ -30,7 +31,10 @@ func (c *applyCache) Get(key []byte) ([]byte, bool, error) {
 	if v, ok := c.m[string(key)]; ok {
 		return v, true, nil
 	}
-	v, ok, err := c.store.Get(key)
+	if c.rd == nil {
+		c.rd = c.store.NewPointReader()
+	}
+	v, ok, err := c.rd.Get(key)
 	if err == nil && ok {
 		c.put(string(key), v)
 	}
@@ -61,6 +65,17 @@ func (c *applyCache) committed(w *ledger.Overlay) {
 		}
 		return nil
 	})
+}
+
+// release drops the batch's view of the store (before the next batch reads: the view
+// does not see later commits).
+func (c *applyCache) release() error {
+	if c.rd == nil {
+		return nil
+	}
+	err := c.rd.Close()
+	c.rd = nil
+	return err
 }
 
 func (c *applyCache) clear() { clear(c.m) }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -89,6 +90,12 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err := s.cache.release(); err != nil {
+			// Only a leaked iterator: the batch is applied either way.
+			slog.Default().Error("release apply view", "shard", s.shardID, "err", err)
+		}
+	}()
 	var all []*raftv1.BatchResult
 	if s.core.OnApplied != nil {
 		all = make([]*raftv1.BatchResult, 0, len(entries))

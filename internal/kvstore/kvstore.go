@@ -5,6 +5,7 @@ package kvstore
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -50,6 +51,7 @@ func Open(dir string) (*Store, error) {
 		levels[i] = pebble.LevelOptions{FilterPolicy: bloom.FilterPolicy(bloomBitsPerKey), FilterType: pebble.TableFilter}
 	}
 	db, err := pebble.Open(dir, &pebble.Options{
+		Comparer:     pointComparer(),
 		Cache:        cache,
 		Levels:       levels,
 		MemTableSize: memTableBytes,
@@ -65,6 +67,17 @@ func Open(dir string) (*Store, error) {
 		return nil, fmt.Errorf("open pebble %s: %w", dir, err)
 	}
 	return &Store{db: db}, nil
+}
+
+// pointComparer is pebble's default (bytewise) comparer, same name, so existing stores
+// open unchanged, with Split set to the whole key: a key is its own prefix, so
+// SeekPrefixGE consults the bloom filters, which were always built on whole keys. In
+// this pebble version DB.Get never consults them (it seeks every level), which made each
+// lookup of an absent key (a new transfer id, branch, txn) read a block of every level.
+func pointComparer() *pebble.Comparer {
+	c := *pebble.DefaultComparer
+	c.Split = func(a []byte) int { return len(a) }
+	return &c
 }
 
 type quietLogger struct{}
@@ -88,6 +101,42 @@ func (s *Store) Get(key []byte) ([]byte, bool, error) {
 		return nil, false, fmt.Errorf("pebble get close: %w", err)
 	}
 	return out, true, nil
+}
+
+// PointReader reads single keys through one pebble iterator, with the bloom filters of
+// every level (L6 included) consulted first, so a lookup touches only the sstables that
+// may hold the key. It sees the store as it was when made: the apply path makes one per
+// batch of entries (its reads come before that batch's commit) and closes it after.
+type PointReader struct {
+	it *pebble.Iterator
+}
+
+// NewPointReader returns a reader of the current state; Close releases it.
+func (s *Store) NewPointReader() *PointReader {
+	return &PointReader{it: s.db.NewIter(&pebble.IterOptions{UseL6Filters: true})}
+}
+
+// Get implements ledger.Reader: (nil, false, nil) for a missing key; the value is a copy.
+func (r *PointReader) Get(key []byte) ([]byte, bool, error) {
+	if !r.it.SeekPrefixGE(key) {
+		if err := r.it.Error(); err != nil {
+			return nil, false, fmt.Errorf("pebble seek: %w", err)
+		}
+		return nil, false, nil
+	}
+	if !bytes.Equal(r.it.Key(), key) {
+		// Split is the whole key, so a valid position is the key itself.
+		return nil, false, fmt.Errorf("pebble seek: found %q for %q", r.it.Key(), key)
+	}
+	return append([]byte(nil), r.it.Value()...), true, nil
+}
+
+// Close releases the reader's view.
+func (r *PointReader) Close() error {
+	if err := r.it.Close(); err != nil {
+		return fmt.Errorf("pebble iterator close: %w", err)
+	}
+	return nil
 }
 
 // Applied returns the last applied index (0 when new).

@@ -317,6 +317,14 @@ func TestSaveRecoverRoundTrip(t *testing.T) {
 		t.Fatal("recovering over existing state left old keys")
 	}
 	wantApplied(t, other, 41)
+	// Point reads see through the range deletion that cleared the old state.
+	rd := other.NewPointReader()
+	wantGet(t, rd, "a/0001", "value-1", true)
+	wantGet(t, rd, "c/only-here", "", false)
+	wantGet(t, rd, "m", "", false)
+	if err := rd.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	// Durable across reopen.
 	if err := dst.Close(); err != nil {
@@ -457,4 +465,75 @@ func TestRecoverRejectsOversizedRecords(t *testing.T) {
 	if err := s.Recover(bytes.NewReader(data), make(chan struct{})); err == nil {
 		t.Fatal("oversized value: no error")
 	}
+}
+
+// writesFunc is a Writes source from a function (a nil value deletes).
+type writesFunc func(fn func(k, v []byte) error) error
+
+func (f writesFunc) Writes(fn func(k, v []byte) error) error { return f(fn) }
+
+// TestPointReader checks the bloom-filtered point reads against DB.Get: present, absent,
+// deleted, a key that prefixes another, keys in the memtable, in flushed sstables and in
+// the bottom level after a compaction, and the view's point in time.
+func TestPointReader(t *testing.T) {
+	s := openStore(t, t.TempDir())
+	const n = 2000
+	key := func(i int) string { return fmt.Sprintf("t/%05d", i) }
+	all := kvs{}
+	for i := 0; i < n; i += 2 { // even keys exist, odd ones never do
+		all[key(i)] = fmt.Sprintf("v%d", i)
+	}
+	all["ab"] = "short"
+	all["abc"] = "long"
+	mustCommit(t, s, all, 1)
+	check := func(stage string) {
+		t.Helper()
+		rd := s.NewPointReader()
+		defer func() {
+			if err := rd.Close(); err != nil {
+				t.Fatalf("%s: close: %v", stage, err)
+			}
+		}()
+		for i := 0; i < n; i++ {
+			want, ok := all[key(i)]
+			wantGet(t, rd, key(i), want, ok)
+			wantGet(t, s, key(i), want, ok)
+		}
+		wantGet(t, rd, "ab", "short", true)
+		wantGet(t, rd, "abc", "long", true)
+		wantGet(t, rd, "a", "", false)
+		wantGet(t, rd, "abcd", "", false)
+		wantGet(t, rd, "t/", "", false)
+	}
+	check("memtable")
+	if err := s.Sync(); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	check("flushed")
+	if err := s.db.Compact([]byte{0}, []byte{0xff}, true); err != nil {
+		t.Fatalf("compact: %v", err)
+	}
+	check("compacted")
+
+	// Deletes and overwrites in the memtable over values in sstables.
+	mustCommit(t, s, writesFunc(func(fn func(k, v []byte) error) error {
+		if err := fn([]byte(key(0)), nil); err != nil {
+			return err
+		}
+		return fn([]byte(key(2)), []byte("new"))
+	}), 2)
+	delete(all, key(0))
+	all[key(2)] = "new"
+	check("overwritten")
+
+	// A reader does not see what is committed after it was made.
+	rd := s.NewPointReader()
+	mustCommit(t, s, kvs{key(1): "late"}, 3)
+	wantGet(t, rd, key(1), "", false)
+	wantGet(t, rd, key(2), "new", true)
+	if err := rd.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	all[key(1)] = "late"
+	check("late")
 }
