@@ -37,6 +37,10 @@ type LedgerOptions struct {
 	Coordinators int
 	// RetryMax bounds resends of one request (same ids; safe).
 	RetryMax int
+	// PopulationExists: the cluster already holds the population's accounts (an earlier
+	// run against it created them), so Setup creates nothing. Creating 10 million
+	// accounts again (each answered EXISTS) takes minutes.
+	PopulationExists bool
 }
 
 // Ledger is the ledger over its public Connect API.
@@ -222,6 +226,9 @@ func (l *Ledger) Addr() string { return l.opts.Addr }
 // fail for funds), 8,000 per request, 4 requests at a time.
 func (l *Ledger) Setup(ctx context.Context, p *Population) error {
 	l.pop = p
+	if l.opts.PopulationExists {
+		return nil
+	}
 	const chunk = 8000
 	sem := make(chan struct{}, 4)
 	var (
@@ -317,6 +324,30 @@ func (l *Ledger) CPUSeconds() float64 {
 		}
 	}
 	return s
+}
+
+// WaitIdle waits until the started cluster is idle: its processes used less than
+// idleCores of CPU over one window. A workload then measures the cluster holding its
+// population, not the background work (memtable flushes, compactions) that creating
+// the population left behind. It returns how long it waited and whether the cluster
+// went idle before limit. A cluster started elsewhere is taken as idle.
+func (l *Ledger) WaitIdle(ctx context.Context, idleCores float64, window, limit time.Duration) (time.Duration, bool, error) {
+	if len(l.procs) == 0 {
+		return 0, true, nil
+	}
+	t0 := time.Now()
+	for time.Since(t0) < limit {
+		c0 := l.CPUSeconds()
+		select {
+		case <-ctx.Done():
+			return time.Since(t0), false, ctx.Err()
+		case <-time.After(window):
+		}
+		if l.CPUSeconds()-c0 < idleCores*window.Seconds() {
+			return time.Since(t0), true, nil
+		}
+	}
+	return time.Since(t0), false, nil
 }
 
 // Close stops started processes and removes their temp dir.

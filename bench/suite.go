@@ -32,9 +32,13 @@ type SuiteOptions struct {
 	LoadFractions []float64
 	SkipPostgres  bool
 	SkipEngine    bool
-	Seed          uint64
-	Command       string
-	Progress      io.Writer
+	// IdleWindow and IdleWaitMax: before each ledger workload the suite waits until
+	// the cluster has used less than idleCores of CPU over IdleWindow (default 2 s), at
+	// most IdleWaitMax (default 10 min), so no row measures its setup's leftovers.
+	IdleWindow, IdleWaitMax time.Duration
+	Seed                    uint64
+	Command                 string
+	Progress                io.Writer
 }
 
 // Result names the suite produces.
@@ -80,6 +84,12 @@ func (o *SuiteOptions) defaults() {
 	}
 	if o.Seed == 0 {
 		o.Seed = 1
+	}
+	if o.IdleWindow == 0 {
+		o.IdleWindow = 2 * time.Second
+	}
+	if o.IdleWaitMax == 0 {
+		o.IdleWaitMax = 10 * time.Minute
 	}
 }
 
@@ -129,6 +139,11 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 		defer l.Close()
 		if err := l.Setup(ctx, pop); err != nil {
 			return fmt.Errorf("ledger setup for %s: %w", name, err)
+		}
+		if _, idle, err := l.WaitIdle(ctx, idleCores, o.IdleWindow, o.IdleWaitMax); err != nil {
+			return err
+		} else if !idle {
+			rep.AddNote("%s: the cluster was still busy %v after its setup; measured anyway", name, o.IdleWaitMax)
 		}
 		return add(Run(ctx, name, w, pop, l, o.Progress))
 	}
@@ -194,6 +209,10 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 	return rep, nil
 }
 
+// idleCores is the CPU below which a cluster counts as idle (an idle dev cluster uses
+// about 0.05 cores: heartbeats).
+const idleCores = 0.15
+
 func suiteBig(ctx context.Context, o SuiteOptions, rep *Report) error {
 	l, err := StartLedger(ctx, LedgerOptions{Mode: o.Mode, Binary: o.Ledgerd})
 	if err != nil {
@@ -206,6 +225,15 @@ func suiteBig(ctx context.Context, o SuiteOptions, rep *Report) error {
 		return fmt.Errorf("ledger setup of %d accounts: %w", o.BigAccounts, err)
 	}
 	rep.AddNote("creating %d accounts took %v", o.BigAccounts, time.Since(t0).Round(time.Second))
+	waited, idle, err := l.WaitIdle(ctx, idleCores, o.IdleWindow, o.IdleWaitMax)
+	if err != nil {
+		return err
+	}
+	if idle {
+		rep.AddNote("after creating them the cluster went idle (flushes and compactions of the bulk load done) in %v; %s measured then", waited.Round(time.Second), LedgerIntraBig)
+	} else {
+		rep.AddNote("after creating them the cluster was still busy %v later; %s measured anyway", waited.Round(time.Second), LedgerIntraBig)
+	}
 	r, err := Run(ctx, LedgerIntraBig, o.workload(o.BigAccounts, 0, 1, o.Concurrency, 0), pop, l, o.Progress)
 	if r != nil {
 		rep.Results = append(rep.Results, r)

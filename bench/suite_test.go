@@ -25,7 +25,8 @@ func TestSuiteSmoke(t *testing.T) {
 	}
 	o := SuiteOptions{Ledgerd: bin, Accounts: 500, Concurrency: 16, Batch: 20, BatchConcurrency: 2,
 		Duration: time.Second, Warmup: 300 * time.Millisecond, CrossSweep: []float64{0.5}, LoadFractions: []float64{0.5},
-		SkipPostgres: !PostgresAvailable(), Command: "go test ./bench -run TestSuiteSmoke"}
+		SkipPostgres: !PostgresAvailable(), Command: "go test ./bench -run TestSuiteSmoke",
+		IdleWindow: 200 * time.Millisecond, IdleWaitMax: 5 * time.Second}
 	if o.SkipPostgres {
 		t.Log("PostgreSQL server binaries not installed: the PostgreSQL baseline is left out of this smoke run")
 	}

@@ -106,6 +106,7 @@ func runOne(ctx context.Context, args []string) error {
 	target := fs.String("target", "dev", "dev, multi (start a ledger cluster), engine, postgres; ignored with --addr")
 	addr := fs.String("addr", "", "a running ledger's API address (e.g. http://localhost:8080)")
 	bin := fs.String("ledgerd", "", "ledgerd binary (default: build ./cmd/ledgerd)")
+	exists := fs.Bool("population-exists", false, "with --addr: the cluster already holds the accounts (an earlier run with the same --accounts created them); create none")
 	w := bench.Workload{}
 	fs.IntVar(&w.Accounts, "accounts", 10_000, "accounts (up to 10,000,000)")
 	fs.Float64Var(&w.CrossRatio, "cross", 0, "cross-shard fraction 0-1")
@@ -127,7 +128,7 @@ func runOne(ctx context.Context, args []string) error {
 	)
 	switch {
 	case *addr != "":
-		l, err := bench.StartLedger(ctx, bench.LedgerOptions{Addr: *addr})
+		l, err := bench.StartLedger(ctx, bench.LedgerOptions{Addr: *addr, PopulationExists: *exists})
 		if err != nil {
 			return err
 		}
@@ -161,9 +162,22 @@ func runOne(ctx context.Context, args []string) error {
 	}
 	defer t.Close()
 	pop := bench.NewPopulation(w.Accounts, "acct", shardOf, w.Seed)
-	fmt.Fprintf(os.Stderr, "creating %d accounts on %s ...\n", w.Accounts, t.Name())
+	if *exists && *addr != "" {
+		fmt.Fprintf(os.Stderr, "using the %d accounts already on %s\n", w.Accounts, t.Name())
+	} else {
+		fmt.Fprintf(os.Stderr, "creating %d accounts on %s ...\n", w.Accounts, t.Name())
+	}
 	if err := t.Setup(ctx, pop); err != nil {
 		return err
+	}
+	if l, ok := t.(*bench.Ledger); ok && *addr == "" {
+		// A cluster started here: measure it holding the population, not the flushes and
+		// compactions creating it left behind.
+		waited, idle, err := l.WaitIdle(ctx, 0.15, 2*time.Second, 10*time.Minute)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "cluster idle after setup: %v (waited %v)\n", idle, waited.Round(time.Second))
 	}
 	res, err := bench.Run(ctx, "run", w, pop, t, os.Stderr)
 	if res != nil {
@@ -205,6 +219,7 @@ func runSuite(ctx context.Context, args []string) error {
 	if *quick {
 		o.Duration, o.Warmup, o.Accounts, o.BigAccounts, o.Batch = 3*time.Second, time.Second, 2_000, 20_000, 200
 		o.CrossSweep, o.LoadFractions = []float64{0.5}, []float64{0.5}
+		o.IdleWindow, o.IdleWaitMax = 500*time.Millisecond, 30*time.Second
 	}
 	o.Command = "go run ./cmd/ledger-bench suite " + strings.Join(args, " ")
 	o.Progress = os.Stderr
