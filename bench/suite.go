@@ -185,6 +185,7 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 		}
 	}
 	if !o.SkipEngine {
+		rep.AddNote("the engine rows propose through the router in the benchmark's process (no Connect server, HTTP or client); the ledger rows go through the public Connect API over loopback HTTP, so the ledger ÷ engine ratios include the API's cost")
 		e, err := StartEngine(ctx, EngineOptions{RTTMillisecond: 20})
 		if err != nil {
 			return rep, fmt.Errorf("engine: %w", err)
@@ -230,7 +231,7 @@ func suiteBig(ctx context.Context, o SuiteOptions, rep *Report) error {
 		return err
 	}
 	if idle {
-		rep.AddNote("after creating them the cluster went idle (flushes and compactions of the bulk load done) in %v; %s measured then", waited.Round(time.Second), LedgerIntraBig)
+		rep.AddNote("after creating them the cluster went idle (under %.2f cores of CPU over %v) in %v; %s measured then", idleCores, o.IdleWindow, waited.Round(time.Second), LedgerIntraBig)
 	} else {
 		rep.AddNote("after creating them the cluster was still busy %v later; %s measured anyway", waited.Round(time.Second), LedgerIntraBig)
 	}
