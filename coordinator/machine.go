@@ -460,9 +460,15 @@ func (a *Applier) forget(f *raftv1.ForgetTxn) (*raftv1.CommandResult, error) {
 	if len(ids) > ledger.BatchItemsMax {
 		return refuse("a forget names 1-%d transactions, got %d", ledger.BatchItemsMax, len(ids)), nil
 	}
-	// All or none: check every record before changing any.
-	var first *raftv1.TxnRecord
-	for i, id := range ids {
+	// All or none: check every record before changing any. Each record is read once;
+	// an id named twice is forgotten once.
+	recs := make([]*raftv1.TxnRecord, 0, len(ids))
+	seen := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
 		rec, err := a.getTxn(id)
 		if err != nil {
 			return nil, err
@@ -473,15 +479,10 @@ func (a *Applier) forget(f *raftv1.ForgetTxn) (*raftv1.CommandResult, error) {
 		if !rec.Forgotten && rec.Decision != decCommit && rec.Decision != decAbort {
 			return refuse("txn %q is not decided (%s): it cannot be forgotten", rec.TxnId, rec.Decision), nil
 		}
-		if i == 0 {
-			first = rec
-		}
+		recs = append(recs, rec)
 	}
-	for _, id := range ids {
-		rec, err := a.getTxn(id) // again: an id named twice is forgotten once
-		if err != nil {
-			return nil, err
-		}
+	first := recs[0]
+	for _, rec := range recs {
 		if rec.Forgotten {
 			continue
 		}
@@ -492,9 +493,6 @@ func (a *Applier) forget(f *raftv1.ForgetTxn) (*raftv1.CommandResult, error) {
 			return nil, fmt.Errorf("open count underflow forgetting %q", rec.TxnId)
 		}
 		a.state.OpenCount--
-		if id == ids[0] {
-			first = rec
-		}
 	}
 	return &raftv1.CommandResult{Txn: first}, nil
 }

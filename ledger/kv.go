@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"fmt"
+	"unsafe"
 )
 
 // Reader reads committed state. Get returns (nil, false, nil) for a missing key. The
@@ -80,10 +81,12 @@ func (o *Overlay) Len() int { return len(o.writes) }
 
 // Writes calls fn for every buffered write, each key once, in no particular order (the
 // adapter commits them as one atomic batch, where order does not matter); a nil value
-// is a deletion.
+// is a deletion. The key is a view of the overlay's own copy, valid only during the call
+// and never to be modified: fn copies what it keeps (no allocation per key here; the
+// apply path walks every write twice, into pebble and into its cache).
 func (o *Overlay) Writes(fn func(key, value []byte) error) error {
 	for k, v := range o.writes {
-		if err := fn([]byte(k), v); err != nil {
+		if err := fn(unsafe.Slice(unsafe.StringData(k), len(k)), v); err != nil {
 			return err
 		}
 	}
