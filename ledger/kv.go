@@ -16,7 +16,8 @@ type Reader interface {
 type Overlay struct {
 	base    Reader
 	writes  map[string][]byte
-	journal []undo
+	journal []undo // kept only while a mark is held
+	marked  bool
 }
 
 type undo struct {
@@ -55,13 +56,27 @@ func (o *Overlay) Set(key, value []byte) {
 
 func (o *Overlay) set(key, value []byte) {
 	k := string(key)
-	prev, had := o.writes[k]
-	o.journal = append(o.journal, undo{key: k, prev: prev, had: had})
+	if o.marked {
+		prev, had := o.writes[k]
+		o.journal = append(o.journal, undo{key: k, prev: prev, had: had})
+	}
 	o.writes[k] = value
 }
 
-// Mark returns a point to roll back to.
-func (o *Overlay) Mark() int { return len(o.journal) }
+// Mark returns a point to roll back to; writes are journaled from here until Release.
+func (o *Overlay) Mark() int {
+	o.marked = true
+	return len(o.journal)
+}
+
+// Release ends a mark that will not be rolled back; releasing the first mark stops the
+// journal (only writes under a mark can be undone).
+func (o *Overlay) Release(mark int) {
+	if mark == 0 {
+		o.marked = false
+		o.journal = o.journal[:0]
+	}
+}
 
 // Rollback undoes every write made after mark.
 func (o *Overlay) Rollback(mark int) {

@@ -68,7 +68,11 @@ func (a *Applier) createTransfers(ct *raftv1.CreateTransfers) (*raftv1.CommandRe
 		for ts[j].GetLinked() {
 			j++
 		}
-		mark, seq := a.ov.Mark(), a.state.EventSeq
+		linked := j > i
+		mark, seq := 0, a.state.EventSeq
+		if linked {
+			mark = a.ov.Mark() // a linked chain fails whole
+		}
 		failed := -1
 		for k := i; k <= j; k++ {
 			o, err := a.transfer(ts[k])
@@ -81,7 +85,7 @@ func (a *Applier) createTransfers(ct *raftv1.CreateTransfers) (*raftv1.CommandRe
 				break
 			}
 		}
-		if failed >= 0 && j > i {
+		if failed >= 0 && linked {
 			// A linked chain fails whole: undo its effects; transfers that already had an
 			// outcome keep it, the others fail with LINKED_EVENT_FAILED.
 			a.ov.Rollback(mark)
@@ -106,6 +110,9 @@ func (a *Applier) createTransfers(ct *raftv1.CreateTransfers) (*raftv1.CommandRe
 					outs[k].fresh = false
 				}
 			}
+		}
+		if linked {
+			a.ov.Release(mark)
 		}
 		for k := i; k <= j; k++ {
 			o := outs[k]
