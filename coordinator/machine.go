@@ -156,15 +156,16 @@ func (a *Applier) getTxn(id string) (*raftv1.TxnRecord, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
-	rec := &raftv1.TxnRecord{}
-	if err := proto.Unmarshal(v, rec); err != nil {
-		return nil, fmt.Errorf("decode txn %q: %w", id, err)
-	}
-	return rec, nil
+	return decodeTxn(id, v)
 }
 
+// putTxn stores a record without its branches (derived from the transfers on read:
+// storing them doubled every record write).
 func (a *Applier) putTxn(rec *raftv1.TxnRecord) {
+	branches := rec.Branches
+	rec.Branches = nil
 	a.ov.Set(key(prefixTxn, rec.TxnId), marshal(rec))
+	rec.Branches = branches
 }
 
 func (a *Applier) txnOfTransfer(id string) (string, bool, error) {

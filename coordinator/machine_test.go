@@ -1514,3 +1514,51 @@ func TestReadApplyBatch(t *testing.T) {
 		t.Errorf("b1: %v", rec)
 	}
 }
+
+// TestRecordsStoredWithoutBranches: a record's branches are not stored (they are derived
+// from its transfers on every read), reads give the branches Begin answered, and a
+// record stored with its branches (the earlier format) reads as it was stored.
+func TestRecordsStoredWithoutBranches(t *testing.T) {
+	c := newMTCoord(t)
+	begun := c.begin(mtXfer("x1", "a", "b", 5), mtXfer("x2", "b", "c", 7))
+	if len(begun.Branches) != 4 {
+		t.Fatalf("begin answered %d branches, want 4", len(begun.Branches))
+	}
+	raw, ok, err := c.store.Get([]byte("r" + begun.TxnId))
+	if err != nil || !ok {
+		t.Fatalf("raw record: %v %v", ok, err)
+	}
+	stored := &raftv1.TxnRecord{}
+	if err := proto.Unmarshal(raw, stored); err != nil {
+		t.Fatal(err)
+	}
+	if len(stored.Branches) != 0 || len(stored.Transfers) != 2 {
+		t.Fatalf("stored record has %d branches and %d transfers, want 0 and 2", len(stored.Branches), len(stored.Transfers))
+	}
+	for _, rec := range []*raftv1.TxnRecord{c.txn(begun.TxnId), c.commit(begun.TxnId), c.txn(begun.TxnId)} {
+		if len(rec.Branches) != len(begun.Branches) {
+			t.Fatalf("read %d branches, want %d", len(rec.Branches), len(begun.Branches))
+		}
+		for i := range rec.Branches {
+			if !proto.Equal(rec.Branches[i], begun.Branches[i]) {
+				t.Fatalf("branch %d read as %v, begun as %v", i, rec.Branches[i], begun.Branches[i])
+			}
+		}
+	}
+
+	// The earlier format: branches stored with the record.
+	old := proto.Clone(c.txn(begun.TxnId)).(*raftv1.TxnRecord)
+	old.TxnId = "old-format"
+	old.Branches[0].Amount = 99 // whatever was stored is what is read
+	ov := ledger.NewOverlay(c.store)
+	data, err := proto.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov.Set([]byte("r"+old.TxnId), data)
+	c.store.Commit(ov)
+	got := c.txn(old.TxnId)
+	if !proto.Equal(got, old) {
+		t.Fatalf("old-format record read as %v, stored %v", got, old)
+	}
+}

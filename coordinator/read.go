@@ -19,9 +19,18 @@ func ReadTxn(r ledger.Reader, txnID string) (*raftv1.TxnRecord, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
+	return decodeTxn(txnID, v)
+}
+
+// decodeTxn decodes a stored record. Records are stored without their branches, which
+// Branches derives from the transfers (records written before that keep theirs).
+func decodeTxn(txnID string, v []byte) (*raftv1.TxnRecord, error) {
 	rec := &raftv1.TxnRecord{}
 	if err := proto.Unmarshal(v, rec); err != nil {
 		return nil, fmt.Errorf("decode txn %q: %w", txnID, err)
+	}
+	if len(rec.Branches) == 0 && len(rec.Transfers) > 0 {
+		rec.Branches = Branches(rec.TxnId, rec.Transfers)
 	}
 	return rec, nil
 }
