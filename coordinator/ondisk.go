@@ -37,15 +37,21 @@ func Read(st *kvstore.Store, q *raftv1.Query) (*raftv1.QueryResult, error) {
 	var err error
 	switch op := q.GetOp().(type) {
 	case *raftv1.Query_Txns:
-		out.Txns, err = ReadTxns(st, op.Txns.GetIds())
+		rd := st.NewPointReader()
+		defer rd.Close()
+		out.Txns, err = ReadTxns(rd, op.Txns.GetIds())
 	case *raftv1.Query_OpenTxns:
 		sn := st.NewSnapshot()
 		defer sn.Close()
 		out.Txns, err = ReadOpen(sn)
 	case *raftv1.Query_Transfers:
-		out.Transfers, out.NotFound, err = ReadTransfers(st, op.Transfers.GetIds())
+		// One view for both reads: a decision applied between them would otherwise
+		// hide a committed transfer (not found as decided, not listed as undecided).
+		rd := st.NewPointReader()
+		defer rd.Close()
+		out.Transfers, out.NotFound, err = ReadTransfers(rd, op.Transfers.GetIds())
 		if err == nil {
-			out.Txns, err = ReadUndecided(st, op.Transfers.GetIds())
+			out.Txns, err = ReadUndecided(rd, op.Transfers.GetIds())
 		}
 	case *raftv1.Query_ShardState:
 		out.AppliedIndex, err = st.Applied()

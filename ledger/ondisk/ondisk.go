@@ -41,9 +41,13 @@ func Read(st *kvstore.Store, q *raftv1.Query) (*raftv1.QueryResult, error) {
 	var err error
 	switch op := q.GetOp().(type) {
 	case *raftv1.Query_Accounts:
-		out.Accounts, out.NotFound, err = ledger.ReadAccounts(st, op.Accounts.GetIds())
+		rd := st.NewPointReader() // one view of every id, filters consulted
+		defer rd.Close()
+		out.Accounts, out.NotFound, err = ledger.ReadAccounts(rd, op.Accounts.GetIds())
 	case *raftv1.Query_Transfers:
-		out.Transfers, out.NotFound, err = ledger.ReadTransfers(st, op.Transfers.GetIds())
+		rd := st.NewPointReader()
+		defer rd.Close()
+		out.Transfers, out.NotFound, err = ledger.ReadTransfers(rd, op.Transfers.GetIds())
 	case *raftv1.Query_OpenWork:
 		sn := st.NewSnapshot()
 		defer sn.Close()
