@@ -327,10 +327,10 @@ func (l *Ledger) CPUSeconds() float64 {
 }
 
 // WaitIdle waits until the started cluster is idle: its processes used less than
-// idleCores of CPU over one window. A workload then measures the cluster holding its
-// population, not the background work (memtable flushes, compactions) that creating
-// the population left behind. It returns how long it waited and whether the cluster
-// went idle before limit. A cluster started elsewhere is taken as idle.
+// idleCores of CPU over one window, so a workload does not start while the work of
+// creating its population still runs. (Idle is not settled: compaction debt the bulk
+// load left is paid once writes resume.) It returns how long it waited and whether the
+// cluster went idle before limit. A cluster started elsewhere is taken as idle.
 func (l *Ledger) WaitIdle(ctx context.Context, idleCores float64, window, limit time.Duration) (time.Duration, bool, error) {
 	if len(l.procs) == 0 {
 		return 0, true, nil

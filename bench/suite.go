@@ -33,8 +33,8 @@ type SuiteOptions struct {
 	SkipPostgres  bool
 	SkipEngine    bool
 	// IdleWindow and IdleWaitMax: before each ledger workload the suite waits until
-	// the cluster has used less than idleCores of CPU over IdleWindow (default 2 s), at
-	// most IdleWaitMax (default 10 min), so no row measures its setup's leftovers.
+	// the cluster has used less than IdleCores of CPU over IdleWindow (default 2 s), at
+	// most IdleWaitMax (default 10 min), so no row starts while its setup's work runs.
 	IdleWindow, IdleWaitMax time.Duration
 	Seed                    uint64
 	Command                 string
@@ -140,7 +140,7 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 		if err := l.Setup(ctx, pop); err != nil {
 			return fmt.Errorf("ledger setup for %s: %w", name, err)
 		}
-		if _, idle, err := l.WaitIdle(ctx, idleCores, o.IdleWindow, o.IdleWaitMax); err != nil {
+		if _, idle, err := l.WaitIdle(ctx, IdleCores, o.IdleWindow, o.IdleWaitMax); err != nil {
 			return err
 		} else if !idle {
 			rep.AddNote("%s: the cluster was still busy %v after its setup; measured anyway", name, o.IdleWaitMax)
@@ -210,9 +210,9 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 	return rep, nil
 }
 
-// idleCores is the CPU below which a cluster counts as idle (an idle dev cluster uses
+// IdleCores is the CPU below which a cluster counts as idle (an idle dev cluster uses
 // about 0.05 cores: heartbeats).
-const idleCores = 0.15
+const IdleCores = 0.15
 
 func suiteBig(ctx context.Context, o SuiteOptions, rep *Report) error {
 	l, err := StartLedger(ctx, LedgerOptions{Mode: o.Mode, Binary: o.Ledgerd})
@@ -226,12 +226,12 @@ func suiteBig(ctx context.Context, o SuiteOptions, rep *Report) error {
 		return fmt.Errorf("ledger setup of %d accounts: %w", o.BigAccounts, err)
 	}
 	rep.AddNote("creating %d accounts took %v", o.BigAccounts, time.Since(t0).Round(time.Second))
-	waited, idle, err := l.WaitIdle(ctx, idleCores, o.IdleWindow, o.IdleWaitMax)
+	waited, idle, err := l.WaitIdle(ctx, IdleCores, o.IdleWindow, o.IdleWaitMax)
 	if err != nil {
 		return err
 	}
 	if idle {
-		rep.AddNote("after creating them the cluster went idle (under %.2f cores of CPU over %v) in %v; %s measured then", idleCores, o.IdleWindow, waited.Round(time.Second), LedgerIntraBig)
+		rep.AddNote("after creating them the cluster went idle (under %.2f cores of CPU over %v) in %v; %s measured then", IdleCores, o.IdleWindow, waited.Round(time.Second), LedgerIntraBig)
 	} else {
 		rep.AddNote("after creating them the cluster was still busy %v later; %s measured anyway", waited.Round(time.Second), LedgerIntraBig)
 	}

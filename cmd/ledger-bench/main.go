@@ -171,9 +171,8 @@ func runOne(ctx context.Context, args []string) error {
 		return err
 	}
 	if l, ok := t.(*bench.Ledger); ok && *addr == "" {
-		// A cluster started here: measure it holding the population, not the flushes and
-		// compactions creating it left behind.
-		waited, idle, err := l.WaitIdle(ctx, 0.15, 2*time.Second, 10*time.Minute)
+		// A cluster started here: start measuring once creating the population is over.
+		waited, idle, err := l.WaitIdle(ctx, bench.IdleCores, 2*time.Second, 10*time.Minute)
 		if err != nil {
 			return err
 		}
