@@ -164,7 +164,11 @@ func (a *Applier) getTxn(id string) (*raftv1.TxnRecord, error) {
 func (a *Applier) putTxn(rec *raftv1.TxnRecord) {
 	branches := rec.Branches
 	rec.Branches = nil
-	a.ov.Set(key(prefixTxn, rec.TxnId), marshal(rec))
+	if rec.Forgotten {
+		a.ov.SetCold(key(prefixTxn, rec.TxnId), marshal(rec)) // read again only by a retry
+	} else {
+		a.ov.Set(key(prefixTxn, rec.TxnId), marshal(rec))
+	}
 	rec.Branches = branches
 }
 

@@ -35,7 +35,11 @@ func (a *Applier) getBranch(accountID, txnID string, index uint32) (*raftv1.Stor
 func (a *Applier) putBranch(rec *raftv1.StoredBranch) {
 	b := rec.Branch
 	bk := branchKey(a.slot(b.AccountId), b.TxnId, b.Index)
-	a.ov.Set(bk, mustMarshal(rec))
+	if rec.State == brPrepared {
+		a.ov.Set(bk, mustMarshal(rec)) // read back by its commit or abort
+	} else {
+		a.ov.SetCold(bk, mustMarshal(rec)) // final: read again only by a late retry
+	}
 	// Prepared branches are indexed: the shard's resolver asks the coordinator about
 	// old ones, and audits sum what they hold.
 	if rec.State == brPrepared {

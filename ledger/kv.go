@@ -16,7 +16,8 @@ type Reader interface {
 type Overlay struct {
 	base    Reader
 	writes  map[string][]byte
-	journal []undo // kept only while a mark is held
+	cold    map[string]bool // written keys the apply path will not read again soon
+	journal []undo          // kept only while a mark is held
 	marked  bool
 }
 
@@ -54,8 +55,25 @@ func (o *Overlay) Set(key, value []byte) {
 	o.set(key, value)
 }
 
+// SetCold buffers a write the apply path is not expected to read back soon (a branch
+// in its final state, a forgotten transaction): a storage adapter's read cache may drop
+// the key instead of keeping the value. It changes nothing else.
+func (o *Overlay) SetCold(key, value []byte) {
+	o.Set(key, value)
+	if o.cold == nil {
+		o.cold = make(map[string]bool)
+	}
+	o.cold[string(key)] = true
+}
+
+// Cold tells whether the last write of key was made with SetCold.
+func (o *Overlay) Cold(key []byte) bool { return o.cold[string(key)] }
+
 func (o *Overlay) set(key, value []byte) {
 	k := string(key)
+	if o.cold != nil {
+		delete(o.cold, k)
+	}
 	if o.marked {
 		prev, had := o.writes[k]
 		o.journal = append(o.journal, undo{key: k, prev: prev, had: had})

@@ -41,3 +41,21 @@ func TestOverlayMarkRollbackRelease(t *testing.T) {
 		t.Fatalf("a write with no mark held was journaled")
 	}
 }
+
+// TestOverlayCold: SetCold writes like Set and marks the key cold; a later Set of the
+// key in the same overlay makes it an ordinary write again.
+func TestOverlayCold(t *testing.T) {
+	o := NewOverlay(NewMemStore())
+	o.SetCold([]byte("b/1"), []byte("final"))
+	o.Set([]byte("a/1"), []byte("hot"))
+	if v, ok, _ := o.Get([]byte("b/1")); !ok || string(v) != "final" {
+		t.Fatalf("cold write reads (%q, %v)", v, ok)
+	}
+	if !o.Cold([]byte("b/1")) || o.Cold([]byte("a/1")) || o.Cold([]byte("absent")) {
+		t.Fatalf("cold marks: b/1 %v, a/1 %v, absent %v", o.Cold([]byte("b/1")), o.Cold([]byte("a/1")), o.Cold([]byte("absent")))
+	}
+	o.Set([]byte("b/1"), []byte("again"))
+	if o.Cold([]byte("b/1")) {
+		t.Fatal("a Set after SetCold left the key cold")
+	}
+}
