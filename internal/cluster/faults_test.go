@@ -387,19 +387,25 @@ func TestPendingExpiresWhileCoordinatorLeaderDown(t *testing.T) {
 	waitConverged(t, fc.Local)
 }
 
+// dieOnce is a router hook that fails (the router "dies", unavailable) for the first
+// transaction whose id has the prefix, and lets everything else through.
+func dieOnce(prefix, msg string) func(ctx context.Context, txnID string) error {
+	var died atomic.Bool
+	return func(_ context.Context, txnID string) error {
+		if !strings.HasPrefix(txnID, prefix) || died.Swap(true) {
+			return nil
+		}
+		return connect.NewError(connect.CodeUnavailable, errors.New(msg))
+	}
+}
+
 // TestParticipantInquiryAbortsUnbegun: the router "dies" before logging the Begin (its
 // branches are prepared, no record exists): the participants' resolver finds its
 // branches prepared too long, asks the coordinator, which logs an abort tombstone; the
 // retry reads that abort.
 func TestParticipantInquiryAbortsUnbegun(t *testing.T) {
-	var held atomic.Int64
 	fc := startFaultCluster(t, func(c *Config) {
-		c.Router.BeforeBegin = func(ctx context.Context, txn string) error {
-			if !strings.HasPrefix(txn, "inq-") || held.Add(1) > 1 {
-				return nil
-			}
-			return connect.NewError(connect.CodeUnavailable, errors.New("router died before the Begin (test)"))
-		}
+		c.Router.BeforeBegin = dieOnce("inq-", "router died before the Begin (test)")
 		c.Agents = AgentOptions{
 			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond},
 			Resolver: coordinator.ResolverOptions{InquireAfter: time.Second, Interval: 100 * time.Millisecond},
@@ -440,14 +446,8 @@ func TestParticipantInquiryAbortsUnbegun(t *testing.T) {
 // committed by then: the coordinator's driver (or an inquiry) logs that commit; the
 // client's retry answers EXISTS and the money moved once.
 func TestRouterDiesAfterStaging(t *testing.T) {
-	var held atomic.Int64
 	fc := startFaultCluster(t, func(c *Config) {
-		c.Router.BeforeDecide = func(ctx context.Context, txn string) error {
-			if !strings.HasPrefix(txn, "stg-") || held.Add(1) > 1 {
-				return nil
-			}
-			return connect.NewError(connect.CodeUnavailable, errors.New("router died after staging (test)"))
-		}
+		c.Router.BeforeDecide = dieOnce("stg-", "router died after staging (test)")
 		c.Agents = AgentOptions{
 			Driver:   coordinator.DriverOptions{Tick: 10 * time.Millisecond, RecoverAfter: 500 * time.Millisecond},
 			Resolver: coordinator.ResolverOptions{InquireAfter: 5 * time.Second, Interval: 100 * time.Millisecond},
