@@ -121,8 +121,8 @@ func (r *Report) Markdown() string {
 	if len(r.Results) == 0 {
 		b.WriteString("No results.\n\n")
 	} else {
-		b.WriteString("| name | target | cross % (configured / measured) | batch | concurrency | rate (open loop, req/s) | accounts | transfers/s | p50 | p90 | p99 | p99.9 | max (ms) | errors | retries | CPU s per 1k transfers |\n")
-		b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|\n")
+		b.WriteString("| name | target | cross % (configured / measured) | batch | concurrency | rate (open loop, req/s) | accounts | transfers/s | runs (transfers/s) | p50 | p90 | p99 | p99.9 | max (ms) | errors | retries | CPU s per 1k transfers |\n")
+		b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|\n")
 		for _, res := range r.Results {
 			if res == nil {
 				continue
@@ -149,6 +149,7 @@ func (r *Report) Markdown() string {
 				rate,
 				accounts,
 				formatNum(res.TransfersPerSec),
+				formatRuns(res.Runs),
 				formatMs(res.Latency.P50),
 				formatMs(res.Latency.P90),
 				formatMs(res.Latency.P99),
@@ -160,7 +161,8 @@ func (r *Report) Markdown() string {
 			}
 			b.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 		}
-		b.WriteString("\nLatencies are per request, in milliseconds; open-loop latency counts from the intended start.\n\n")
+		b.WriteString("\nLatencies are per request, in milliseconds; open-loop latency counts from the intended start. " +
+			"A row with runs listed is the run with the median transfers/s of those (its latencies and counts are that run's).\n\n")
 	}
 
 	b.WriteString("## Ratios\n\n")
@@ -288,6 +290,18 @@ func formatInt(n int64) string {
 
 // formatNum formats a rate: whole numbers with separators from 100 up, 3 significant
 // digits below.
+// formatRuns lists the transfers/s of a repeated workload's runs, "—" for one run.
+func formatRuns(runs []float64) string {
+	if len(runs) < 2 {
+		return "—"
+	}
+	parts := make([]string, len(runs))
+	for i, v := range runs {
+		parts[i] = formatNum(v)
+	}
+	return strings.Join(parts, " / ")
+}
+
 func formatNum(v float64) string {
 	switch {
 	case math.IsNaN(v) || math.IsInf(v, 0):

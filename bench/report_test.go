@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -161,8 +162,53 @@ func TestReportMarkdown(t *testing.T) {
 			}
 		}
 	}
-	if header != 17 {
-		t.Errorf("results header has %d separators, want 17 (16 columns)", header)
+	if header != 18 {
+		t.Errorf("results header has %d separators, want 18 (17 columns)", header)
+	}
+}
+
+// TestMedianResult: the run with the median throughput, whole, with every run listed in
+// run order; one run is returned as is; nil runs are skipped.
+func TestMedianResult(t *testing.T) {
+	mk := func(tps, p99 float64) *Result {
+		return &Result{Name: "x", TransfersPerSec: tps, Latency: Latency{P99: p99}}
+	}
+	if MedianResult(nil) != nil || MedianResult([]*Result{nil}) != nil {
+		t.Error("no runs must give nil")
+	}
+	one := mk(5, 1)
+	if got := MedianResult([]*Result{one}); got != one || got.Runs != nil {
+		t.Errorf("one run: %+v", got)
+	}
+	cases := []struct {
+		name    string
+		runs    []*Result
+		wantTPS float64
+		wantP99 float64
+		wantRun []float64
+	}{
+		{"three", []*Result{mk(300, 3), mk(100, 1), mk(200, 2)}, 200, 2, []float64{300, 100, 200}},
+		{"four: lower middle", []*Result{mk(40, 4), mk(10, 1), mk(30, 3), mk(20, 2)}, 20, 2, []float64{40, 10, 30, 20}},
+		{"equal throughputs: the first", []*Result{mk(7, 1), mk(7, 2), mk(7, 3)}, 7, 2, []float64{7, 7, 7}},
+		{"nil skipped", []*Result{mk(3, 3), nil, mk(1, 1)}, 1, 1, []float64{3, 1}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := MedianResult(tc.runs)
+			if got.TransfersPerSec != tc.wantTPS || got.Latency.P99 != tc.wantP99 || !slices.Equal(got.Runs, tc.wantRun) {
+				t.Errorf("got %v tps, p99 %v, runs %v", got.TransfersPerSec, got.Latency.P99, got.Runs)
+			}
+			for _, r := range tc.runs {
+				if r != nil && r.Runs != nil {
+					t.Error("an input run was changed")
+				}
+			}
+		})
+	}
+	r := &Report{Results: []*Result{MedianResult([]*Result{mk(1000, 1), mk(3000, 1), mk(2000, 1)}), mk(5000, 1)}}
+	md := r.Markdown()
+	if !strings.Contains(md, "| 2,000 | 1,000 / 3,000 / 2,000 |") || !strings.Contains(md, "| 5,000 | — |") {
+		t.Errorf("runs column:\n%s", md)
 	}
 }
 

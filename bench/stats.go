@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"cmp"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -79,7 +81,38 @@ type Result struct {
 	CPUSecondsPer1k float64 `json:"cpu_seconds_per_1k"`
 	// CrossMeasured is the fraction of drawn pairs that crossed shards.
 	CrossMeasured float64 `json:"cross_measured"`
-	Note          string  `json:"note,omitempty"`
+	// Runs are the transfers/s of every run of a repeated workload, in run order; the
+	// result is the run with the median throughput (MedianResult). Empty for one run.
+	Runs []float64 `json:"runs,omitempty"`
+	Note string    `json:"note,omitempty"`
+}
+
+// MedianResult returns the run with the median transfers/s (the lower middle one of an
+// even count) with Runs listing every run's transfers/s in order; nil for no runs. A
+// whole run is returned, not per-field medians, so its latencies and counts belong to
+// the throughput shown.
+func MedianResult(runs []*Result) *Result {
+	var rs []*Result
+	for _, r := range runs {
+		if r != nil {
+			rs = append(rs, r)
+		}
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	if len(rs) == 1 {
+		return rs[0]
+	}
+	tps := make([]float64, len(rs))
+	for i, r := range rs {
+		tps[i] = r.TransfersPerSec
+	}
+	sorted := slices.Clone(rs)
+	slices.SortStableFunc(sorted, func(a, b *Result) int { return cmp.Compare(a.TransfersPerSec, b.TransfersPerSec) })
+	med := *sorted[(len(sorted)-1)/2]
+	med.Runs = tps
+	return &med
 }
 
 // Result summarizes the recorder over a measured window.

@@ -30,8 +30,13 @@ type SuiteOptions struct {
 	CrossSweep []float64
 	// LoadFractions of the cross-shard peak for the open-loop latency runs.
 	LoadFractions []float64
-	SkipPostgres  bool
-	SkipEngine    bool
+	// Repeats is how many times the headline workloads run (default 3): the ledger's
+	// intra/cross single/batched rows (each run on a fresh cluster), the large
+	// population, the engine ceiling and PostgreSQL. Their rows are the run with the
+	// median transfers/s, every run listed; the sweep and open-loop rows run once.
+	Repeats      int
+	SkipPostgres bool
+	SkipEngine   bool
 	// IdleWindow and IdleWaitMax: before each ledger workload the suite waits until
 	// the cluster has used less than IdleCores of CPU over IdleWindow (default 2 s), at
 	// most IdleWaitMax (default 10 min), so no row starts while its setup's work runs.
@@ -91,6 +96,25 @@ func (o *SuiteOptions) defaults() {
 	if o.IdleWaitMax == 0 {
 		o.IdleWaitMax = 10 * time.Minute
 	}
+	if o.Repeats <= 0 {
+		o.Repeats = 3
+	}
+}
+
+// repeat runs one workload n times and returns the run with the median transfers/s
+// (MedianResult); it stops at the first error.
+func repeat(n int, run func() (*Result, error)) (*Result, error) {
+	var runs []*Result
+	for range n {
+		r, err := run()
+		if r != nil {
+			runs = append(runs, r)
+		}
+		if err != nil {
+			return MedianResult(runs), err
+		}
+	}
+	return MedianResult(runs), nil
 }
 
 func (o *SuiteOptions) workload(accounts int, cross float64, batch, conc int, rate float64) Workload {
@@ -131,41 +155,44 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 	pop := NewPopulation(o.Accounts, "acct", l.ShardOf, o.Seed)
 	l.Close()
 	rep.AddNote("every ledger workload runs on a freshly started %s cluster holding the population", o.Mode)
-	runFresh := func(name string, w Workload) error {
+	if o.Repeats > 1 {
+		rep.AddNote("the headline rows (ledger intra/cross, single/batched; large population; engine; PostgreSQL) are the median of %d runs, all listed; each ledger run on a fresh cluster", o.Repeats)
+	}
+	runOnFresh := func(name string, w Workload) (*Result, error) {
 		l, err := StartLedger(ctx, LedgerOptions{Mode: o.Mode, Binary: o.Ledgerd})
 		if err != nil {
-			return err
+			return nil, err
 		}
 		defer l.Close()
 		if err := l.Setup(ctx, pop); err != nil {
-			return fmt.Errorf("ledger setup for %s: %w", name, err)
+			return nil, fmt.Errorf("ledger setup for %s: %w", name, err)
 		}
 		if _, idle, err := l.WaitIdle(ctx, IdleCores, o.IdleWindow, o.IdleWaitMax); err != nil {
-			return err
+			return nil, err
 		} else if !idle {
 			rep.AddNote("%s: the cluster was still busy %v after its setup; measured anyway", name, o.IdleWaitMax)
 		}
-		return add(Run(ctx, name, w, pop, l, o.Progress))
+		return Run(ctx, name, w, pop, l, o.Progress)
 	}
-	runs := []struct {
-		name               string
-		cross              float64
-		batch, concurrency int
-	}{
-		{LedgerIntraSingle, 0, 1, o.Concurrency},
-		{LedgerCrossSingle, 1, 1, o.Concurrency},
-		{LedgerIntraBatched, 0, o.Batch, o.BatchConcurrency},
-		{LedgerCrossBatched, 1, o.Batch, o.BatchConcurrency},
+	runFresh := func(name string, w Workload, repeats int) error {
+		return add(repeat(repeats, func() (*Result, error) { return runOnFresh(name, w) }))
+	}
+	type row struct {
+		name                        string
+		cross                       float64
+		batch, concurrency, repeats int
+	}
+	runs := []row{
+		{LedgerIntraSingle, 0, 1, o.Concurrency, o.Repeats},
+		{LedgerCrossSingle, 1, 1, o.Concurrency, o.Repeats},
+		{LedgerIntraBatched, 0, o.Batch, o.BatchConcurrency, o.Repeats},
+		{LedgerCrossBatched, 1, o.Batch, o.BatchConcurrency, o.Repeats},
 	}
 	for _, c := range o.CrossSweep {
-		runs = append(runs, struct {
-			name               string
-			cross              float64
-			batch, concurrency int
-		}{fmt.Sprintf("ledger-cross-%02.0f", c*100), c, 1, o.Concurrency})
+		runs = append(runs, row{fmt.Sprintf("ledger-cross-%02.0f", c*100), c, 1, o.Concurrency, 1})
 	}
 	for _, r := range runs {
-		if err := runFresh(r.name, o.workload(o.Accounts, r.cross, r.batch, r.concurrency, 0)); err != nil {
+		if err := runFresh(r.name, o.workload(o.Accounts, r.cross, r.batch, r.concurrency, 0), r.repeats); err != nil {
 			return rep, err
 		}
 	}
@@ -173,7 +200,7 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 	if peak := rep.Result(LedgerCrossSingle); peak != nil && peak.TransfersPerSec > 0 {
 		for _, f := range o.LoadFractions {
 			name := fmt.Sprintf("ledger-cross-open-%03.0f", f*100)
-			if err := runFresh(name, o.workload(o.Accounts, 1, 1, ConcurrencyMax/2, peak.TransfersPerSec*f)); err != nil {
+			if err := runFresh(name, o.workload(o.Accounts, 1, 1, ConcurrencyMax/2, peak.TransfersPerSec*f), 1); err != nil {
 				return rep, err
 			}
 		}
@@ -191,9 +218,13 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 			return rep, fmt.Errorf("engine: %w", err)
 		}
 		if err := e.Setup(ctx, pop); err == nil {
-			err = add(Run(ctx, EngineSingle, o.workload(o.Accounts, 0, 1, o.Concurrency, 0), pop, e, o.Progress))
+			err = add(repeat(o.Repeats, func() (*Result, error) {
+				return Run(ctx, EngineSingle, o.workload(o.Accounts, 0, 1, o.Concurrency, 0), pop, e, o.Progress)
+			}))
 			if err == nil {
-				err = add(Run(ctx, EngineBatched, o.workload(o.Accounts, 0, o.Batch, o.BatchConcurrency, 0), pop, e, o.Progress))
+				err = add(repeat(o.Repeats, func() (*Result, error) {
+					return Run(ctx, EngineBatched, o.workload(o.Accounts, 0, o.Batch, o.BatchConcurrency, 0), pop, e, o.Progress)
+				}))
 			}
 		}
 		e.Close()
@@ -235,7 +266,16 @@ func suiteBig(ctx context.Context, o SuiteOptions, rep *Report) error {
 	} else {
 		rep.AddNote("after creating them the cluster was still busy %v later; %s measured anyway", waited.Round(time.Second), LedgerIntraBig)
 	}
-	r, err := Run(ctx, LedgerIntraBig, o.workload(o.BigAccounts, 0, 1, o.Concurrency, 0), pop, l, o.Progress)
+	first := true
+	r, err := repeat(o.Repeats, func() (*Result, error) {
+		if !first { // the run before left compactions behind
+			if _, _, err := l.WaitIdle(ctx, IdleCores, o.IdleWindow, o.IdleWaitMax); err != nil {
+				return nil, err
+			}
+		}
+		first = false
+		return Run(ctx, LedgerIntraBig, o.workload(o.BigAccounts, 0, 1, o.Concurrency, 0), pop, l, o.Progress)
+	})
 	if r != nil {
 		rep.Results = append(rep.Results, r)
 	}
@@ -255,7 +295,9 @@ func suitePostgres(ctx context.Context, o SuiteOptions, rep *Report, pop *Popula
 		name               string
 		batch, concurrency int
 	}{{PostgresSingle, 1, o.Concurrency}, {PostgresBatched, o.Batch, o.BatchConcurrency}} {
-		res, err := Run(ctx, r.name, o.workload(o.Accounts, 0, r.batch, r.concurrency, 0), pop, pg, o.Progress)
+		res, err := repeat(o.Repeats, func() (*Result, error) {
+			return Run(ctx, r.name, o.workload(o.Accounts, 0, r.batch, r.concurrency, 0), pop, pg, o.Progress)
+		})
 		if res != nil {
 			res.Note = "each transfer is its own SQL transaction (fsync and synchronous_commit on)"
 			rep.Results = append(rep.Results, res)

@@ -26,7 +26,7 @@ func TestSuiteSmoke(t *testing.T) {
 	o := SuiteOptions{Ledgerd: bin, Accounts: 500, Concurrency: 16, Batch: 20, BatchConcurrency: 2,
 		Duration: time.Second, Warmup: 300 * time.Millisecond, CrossSweep: []float64{0.5}, LoadFractions: []float64{0.5},
 		SkipPostgres: !PostgresAvailable(), Command: "go test ./bench -run TestSuiteSmoke",
-		IdleWindow: 200 * time.Millisecond, IdleWaitMax: 5 * time.Second}
+		IdleWindow: 200 * time.Millisecond, IdleWaitMax: 5 * time.Second, Repeats: 2}
 	if o.SkipPostgres {
 		t.Log("PostgreSQL server binaries not installed: the PostgreSQL baseline is left out of this smoke run")
 	}
@@ -51,6 +51,14 @@ func TestSuiteSmoke(t *testing.T) {
 		}
 		if len(r.Errors) > 0 {
 			t.Errorf("%s had errors: %v", name, r.Errors)
+		}
+	}
+	// Headline rows are the median of Repeats runs (all listed); the others run once.
+	for _, name := range want {
+		n := len(rep.Result(name).Runs)
+		headline := !strings.HasPrefix(name, "ledger-cross-50") && !strings.HasPrefix(name, "ledger-cross-open")
+		if headline && n != o.Repeats || !headline && n != 0 {
+			t.Errorf("%s lists %d runs", name, n)
 		}
 	}
 	if r := rep.Result(LedgerCrossSingle); r.CrossMeasured != 1 {

@@ -57,7 +57,7 @@ func usage() {
                      [--rate REQ/S] [--duration D] [--warmup D] [--json FILE]
   ledger-bench suite [--out DIR] [--quick] [--mode dev|multi] [--ledgerd PATH] [--accounts N]
                      [--big-accounts N] [--concurrency N] [--batch N] [--batch-concurrency N]
-                     [--duration D] [--warmup D] [--skip-postgres] [--skip-engine]
+                     [--duration D] [--warmup D] [--repeats N] [--skip-postgres] [--skip-engine]
 `)
 }
 
@@ -214,9 +214,15 @@ func runSuite(ctx context.Context, args []string) error {
 	fs.DurationVar(&o.Warmup, "warmup", 3*time.Second, "warm-up of each run")
 	fs.BoolVar(&o.SkipPostgres, "skip-postgres", false, "do not run the PostgreSQL baseline")
 	fs.BoolVar(&o.SkipEngine, "skip-engine", false, "do not run the engine ceiling")
+	fs.IntVar(&o.Repeats, "repeats", 3, "runs of each headline workload; its row is the median run")
 	_ = fs.Parse(args)
 	if *quick {
 		o.Duration, o.Warmup, o.Accounts, o.BigAccounts, o.Batch = 3*time.Second, time.Second, 2_000, 20_000, 200
+		repeatsSet := false
+		fs.Visit(func(f *flag.Flag) { repeatsSet = repeatsSet || f.Name == "repeats" })
+		if !repeatsSet {
+			o.Repeats = 1
+		}
 		o.CrossSweep, o.LoadFractions = []float64{0.5}, []float64{0.5}
 		o.IdleWindow, o.IdleWaitMax = 500*time.Millisecond, 30*time.Second
 	}
