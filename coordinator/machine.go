@@ -19,17 +19,19 @@ import (
 // Keys.
 const (
 	prefixState    byte = 'c'
+	prefixStatus   byte = 'd' // txn id -> the record's changing fields (see putStatus)
 	prefixOpen     byte = 'o' // txn id -> "" while not forgotten
 	prefixResolved byte = 'p' // post/void transfer id -> StoredTransfer
-	prefixTxn      byte = 'r' // txn id -> TxnRecord
+	prefixTxn      byte = 'r' // txn id -> TxnRecord as created (see putNew)
 	prefixIndex    byte = 't' // transfer id -> txn id
 )
 
 func key(prefix byte, id string) []byte { return append([]byte{prefix}, id...) }
 
-// IsRecordKey tells whether a stored key holds a transaction record (read back by the
-// decision and the forget that follow its Begin: the apply cache keeps it on write).
-func IsRecordKey(k []byte) bool { return len(k) > 0 && k[0] == prefixTxn }
+// IsRecordKey tells whether a stored key holds a transaction record or its status (read
+// back by the decision and the forget that follow its Begin: the apply cache keeps them
+// on write).
+func IsRecordKey(k []byte) bool { return len(k) > 0 && (k[0] == prefixTxn || k[0] == prefixStatus) }
 
 var stateKey = []byte{prefixState}
 
@@ -152,16 +154,19 @@ func Branches(txnID string, ts []*ledgerv1.Transfer) []*raftv1.Branch {
 func TransferOf(branchIndex uint32) int { return int(branchIndex / 2) }
 
 func (a *Applier) getTxn(id string) (*raftv1.TxnRecord, error) {
-	v, ok, err := a.ov.Get(key(prefixTxn, id))
-	if err != nil || !ok {
-		return nil, err
-	}
-	return decodeTxn(id, v)
+	return ReadTxn(a.ov, id)
 }
 
-// putTxn stores a record without its branches (derived from the transfers on read:
+// A record is stored in two parts, so that the commands after its Begin rewrite a few
+// bytes instead of its transfers (three record writes per transaction were the largest
+// part of the coordinator's writes):
+//   - under prefixTxn, the record as created (putNew), never rewritten;
+//   - under prefixStatus, the fields that change afterwards (putStatus): the decision
+//     and its details, the TCC state, forgotten. Read back over the created record.
+
+// putNew stores a new record without its branches (derived from the transfers on read:
 // storing them doubled every record write).
-func (a *Applier) putTxn(rec *raftv1.TxnRecord) {
+func (a *Applier) putNew(rec *raftv1.TxnRecord) {
 	branches := rec.Branches
 	rec.Branches = nil
 	if rec.Forgotten {
@@ -170,6 +175,18 @@ func (a *Applier) putTxn(rec *raftv1.TxnRecord) {
 		a.ov.Set(key(prefixTxn, rec.TxnId), marshal(rec))
 	}
 	rec.Branches = branches
+}
+
+// putStatus stores the changing fields of a record created earlier.
+func (a *Applier) putStatus(rec *raftv1.TxnRecord) {
+	st := statusOf(rec)
+	if rec.Forgotten {
+		// Read again only by a retry: the apply cache may drop both parts.
+		a.ov.SetCold(key(prefixStatus, rec.TxnId), marshal(st))
+		a.ov.Uncache(key(prefixTxn, rec.TxnId))
+	} else {
+		a.ov.Set(key(prefixStatus, rec.TxnId), marshal(st))
+	}
 }
 
 func (a *Applier) txnOfTransfer(id string) (string, bool, error) {
@@ -278,7 +295,7 @@ func (a *Applier) storeNew(rec *raftv1.TxnRecord) {
 	for _, t := range rec.Transfers {
 		a.ov.Set(key(prefixIndex, t.GetId()), []byte(rec.TxnId))
 	}
-	a.putTxn(rec)
+	a.putNew(rec)
 	a.ov.Set(key(prefixOpen, rec.TxnId), []byte{1})
 	a.state.OpenCount++
 }
@@ -356,7 +373,7 @@ func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
 			return refuse("%s", msg), nil
 		}
 		rec.Decision, rec.DecidedAtUnixNano = decAbort, a.now
-		a.putTxn(rec)
+		a.putNew(rec)
 		return &raftv1.CommandResult{Txn: rec}, nil
 	case rec == nil:
 		if r, err := a.admitChain(d.GetTxnId(), ts); r != nil || err != nil {
@@ -376,7 +393,7 @@ func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
 	if created {
 		a.storeNew(rec)
 	} else {
-		a.putTxn(rec)
+		a.putStatus(rec)
 	}
 	return &raftv1.CommandResult{Txn: rec}, nil
 }
@@ -492,7 +509,7 @@ func (a *Applier) forget(f *raftv1.ForgetTxn) (*raftv1.CommandResult, error) {
 			continue
 		}
 		rec.Forgotten = true
-		a.putTxn(rec)
+		a.putStatus(rec)
 		a.ov.Delete(key(prefixOpen, rec.TxnId))
 		if a.state.OpenCount == 0 {
 			return nil, fmt.Errorf("open count underflow forgetting %q", rec.TxnId)
@@ -587,7 +604,7 @@ func (a *Applier) resolvePending(rp *raftv1.ResolvePending) (*raftv1.CommandResu
 		rec.Decision, rec.PendingState = decAbort, stateVoided
 	}
 	rec.ResolvedBy, rec.DecidedAtUnixNano = t.GetId(), a.now
-	a.putTxn(rec)
+	a.putStatus(rec)
 	stored := proto.Clone(t).(*ledgerv1.Transfer)
 	stored.CreatedAt = timestamppb.New(time.Unix(0, a.now).UTC())
 	a.ov.Set(key(prefixResolved, t.GetId()), marshal(&raftv1.StoredTransfer{Transfer: stored, Status: stCreated,
@@ -601,7 +618,7 @@ func expired(rec *raftv1.TxnRecord, now int64) bool {
 
 func (a *Applier) expireTxn(rec *raftv1.TxnRecord) {
 	rec.Decision, rec.PendingState, rec.DecidedAtUnixNano = decAbort, stateExpired, a.now
-	a.putTxn(rec)
+	a.putStatus(rec)
 }
 
 func (a *Applier) expireTxns(e *raftv1.ExpireTxns) (*raftv1.CommandResult, error) {

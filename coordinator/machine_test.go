@@ -1562,3 +1562,88 @@ func TestRecordsStoredWithoutBranches(t *testing.T) {
 		t.Fatalf("old-format record read as %v, stored %v", got, old)
 	}
 }
+
+// mtWrites applies cmd like applyAt and returns the keys its overlay wrote, by prefix.
+func (c *mtCoord) mtWrites(cmd *raftv1.Command) (map[byte]int, map[string]int) {
+	c.t.Helper()
+	c.now += int64(time.Millisecond)
+	cmd.TimestampUnixNano = c.now
+	a, err := coordinator.NewApplier(c.store)
+	if err != nil {
+		c.t.Fatalf("new applier: %v", err)
+	}
+	if r, err := a.Apply(cmd); err != nil || r.GetRefusal() != raftv1.Refusal_REFUSAL_UNSPECIFIED {
+		c.t.Fatalf("apply %v: %v %v", cmd, r, err)
+	}
+	ov := a.Overlay()
+	byPrefix, bytes := map[byte]int{}, map[string]int{}
+	_ = ov.Writes(func(k, v []byte) error {
+		byPrefix[k[0]]++
+		bytes[string(k[:1])] += len(v)
+		return nil
+	})
+	c.store.Commit(ov)
+	return byPrefix, bytes
+}
+
+// A record is written once, by its Begin; the decision and the forget write only its
+// status (a few bytes), and every read sees the record with its latest status.
+func TestRecordWrittenOnce(t *testing.T) {
+	c := newMTCoord(t)
+	x := mtXfer("once", "a", "b", 5)
+	writes, _ := c.mtWrites(mtBegin(x))
+	if writes['r'] != 1 || writes['d'] != 0 {
+		t.Fatalf("begin wrote %v, want one record and no status", writes)
+	}
+	rec := c.txn("once")
+	writes, size := c.mtWrites(mtDecide("once", mtCommit, mtYes(rec)...))
+	if writes['r'] != 0 || writes['d'] != 1 {
+		t.Fatalf("decide wrote %v, want the status only", writes)
+	}
+	if size["d"] > 32 {
+		t.Fatalf("status of a commit is %d bytes, want a few", size["d"])
+	}
+	if got := c.txn("once"); got.Decision != mtCommit || got.Forgotten || len(got.Transfers) != 1 || got.FailedIndex != -1 {
+		t.Fatalf("decided record read as %v", got)
+	}
+	writes, _ = c.mtWrites(mtForget("once"))
+	if writes['r'] != 0 || writes['d'] != 1 || writes['o'] != 1 {
+		t.Fatalf("forget wrote %v, want the status and the open entry's deletion", writes)
+	}
+	got := c.txn("once")
+	if got.Decision != mtCommit || !got.Forgotten || got.DecidedAtUnixNano == 0 || got.BegunAtUnixNano != rec.BegunAtUnixNano {
+		t.Fatalf("forgotten record read as %v", got)
+	}
+	if want := mtClientView([]*ledgerv1.Transfer{x}); !proto.Equal(mtClientView(got.Transfers)[0], want[0]) {
+		t.Fatalf("transfer read back as %v, want %v", got.Transfers[0], want[0])
+	}
+	// A retry reads the outcome from both parts.
+	if r := c.apply(mtBegin(x)); !r.Existed || r.Txn.GetDecision() != mtCommit {
+		t.Fatalf("retried begin answered %v", r)
+	}
+}
+
+// A record of the earlier format (everything under its record key, no status) reads as
+// stored, and a status written over it later wins.
+func TestRecordWithoutStatusReadsAsStored(t *testing.T) {
+	c := newMTCoord(t)
+	old := c.begin(mtXfer("old", "a", "b", 5)) // open, undecided
+	old.Branches = nil
+	old.Decision, old.DecidedAtUnixNano = mtCommit, mtT0+1
+	ov := ledger.NewOverlay(c.store)
+	data, err := proto.Marshal(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ov.Set([]byte("rold"), data) // decided the earlier way: the whole record rewritten
+	c.store.Commit(ov)
+	got := c.txn("old")
+	got.Branches = nil
+	if !proto.Equal(got, old) {
+		t.Fatalf("old-format record read as %v, stored %v", got, old)
+	}
+	c.apply(mtForget("old"))
+	if got := c.txn("old"); !got.Forgotten || got.Decision != mtCommit || got.DecidedAtUnixNano != mtT0+1 {
+		t.Fatalf("forgotten old-format record read as %v", got)
+	}
+}

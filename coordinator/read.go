@@ -13,13 +13,55 @@ import (
 // OpenMax bounds how many open transactions one query returns.
 const OpenMax = 100_000
 
-// ReadTxn reads a transaction record (nil when unknown).
+// ReadTxn reads a transaction record (nil when unknown): the record as created with its
+// latest status over it.
 func ReadTxn(r ledger.Reader, txnID string) (*raftv1.TxnRecord, error) {
 	v, ok, err := r.Get(key(prefixTxn, txnID))
 	if err != nil || !ok {
 		return nil, err
 	}
-	return decodeTxn(txnID, v)
+	rec, err := decodeTxn(txnID, v)
+	if err != nil {
+		return nil, err
+	}
+	v, ok, err = r.Get(key(prefixStatus, txnID))
+	if err != nil || !ok {
+		return rec, err
+	}
+	st := &raftv1.TxnRecord{}
+	if err := proto.Unmarshal(v, st); err != nil {
+		return nil, fmt.Errorf("decode status of txn %q: %w", txnID, err)
+	}
+	setStatus(rec, st)
+	return rec, nil
+}
+
+// statusOf is the part of a record that changes after it is created.
+func statusOf(rec *raftv1.TxnRecord) *raftv1.TxnRecord {
+	return &raftv1.TxnRecord{
+		Decision:          rec.Decision,
+		Status:            rec.Status,
+		Message:           rec.Message,
+		FailedIndex:       rec.FailedIndex,
+		Forgotten:         rec.Forgotten,
+		PendingState:      rec.PendingState,
+		CommitAmount:      rec.CommitAmount,
+		ResolvedBy:        rec.ResolvedBy,
+		DecidedAtUnixNano: rec.DecidedAtUnixNano,
+	}
+}
+
+// setStatus copies a stored status (statusOf) onto a record.
+func setStatus(rec, st *raftv1.TxnRecord) {
+	rec.Decision = st.Decision
+	rec.Status = st.Status
+	rec.Message = st.Message
+	rec.FailedIndex = st.FailedIndex
+	rec.Forgotten = st.Forgotten
+	rec.PendingState = st.PendingState
+	rec.CommitAmount = st.CommitAmount
+	rec.ResolvedBy = st.ResolvedBy
+	rec.DecidedAtUnixNano = st.DecidedAtUnixNano
 }
 
 // decodeTxn decodes a stored record. Records are stored without their branches, which

@@ -17,6 +17,7 @@ type Overlay struct {
 	base    Reader
 	writes  map[string][]byte
 	cold    map[string]bool // written keys the apply path will not read again soon
+	uncache []string        // unwritten keys the apply path will not read again soon
 	journal []undo          // kept only while a mark is held
 	marked  bool
 }
@@ -68,6 +69,18 @@ func (o *Overlay) SetCold(key, value []byte) {
 
 // Cold tells whether the last write of key was made with SetCold.
 func (o *Overlay) Cold(key []byte) bool { return o.cold[string(key)] }
+
+// Uncache tells a storage adapter's read cache that the apply path will not read key
+// again soon, without writing it (a forgotten transaction's record as created). A hint:
+// it changes no state and is not rolled back.
+func (o *Overlay) Uncache(key []byte) { o.uncache = append(o.uncache, string(key)) }
+
+// Uncached calls fn for every key given to Uncache.
+func (o *Overlay) Uncached(fn func(key string)) {
+	for _, k := range o.uncache {
+		fn(k)
+	}
+}
 
 func (o *Overlay) set(key, value []byte) {
 	k := string(key)

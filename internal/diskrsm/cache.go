@@ -65,6 +65,7 @@ func (c *applyCache) committed(w *ledger.Overlay) {
 		}
 		return nil
 	})
+	w.Uncached(func(k string) { delete(c.m, k) })
 }
 
 // release drops the batch's view of the store (before the next batch reads: the view

@@ -26,12 +26,20 @@ var ErrStopped = errors.New("snapshot stopped")
 
 // Limits.
 const (
-	cacheBytes          = 32 << 20
-	bloomBitsPerKey     = 10
-	memTableBytes       = 8 << 20
-	snapshotBatchBytes  = 4 << 20
-	snapshotKeyBytesMax = 1 << 16
-	snapshotValBytesMax = 64 << 20
+	cacheBytes      = 32 << 20
+	bloomBitsPerKey = 10
+	memTableBytes   = 8 << 20
+	// L0 sublevels that start a compaction out of L0 (pebble's default is 4). Keys
+	// arrive in random order (ids, accounts), so every flush overlaps all of the base
+	// level and each L0 compaction rewrites it: waiting for 16 sublevels rewrites it a
+	// quarter as often. Point reads pay with more bloom filter checks in L0. Measured
+	// (cross-shard, 1,000 transfers per request): about -5 % CPU per transfer, +6 %
+	// throughput; 32 measured the same as 16.
+	l0CompactionSublevels = 16
+	l0StopWritesSublevels = 3 * l0CompactionSublevels
+	snapshotBatchBytes    = 4 << 20
+	snapshotKeyBytesMax   = 1 << 16
+	snapshotValBytesMax   = 64 << 20
 )
 
 // Store is one replica's pebble database.
@@ -51,12 +59,14 @@ func Open(dir string) (*Store, error) {
 		levels[i] = pebble.LevelOptions{FilterPolicy: bloom.FilterPolicy(bloomBitsPerKey), FilterType: pebble.TableFilter}
 	}
 	db, err := pebble.Open(dir, &pebble.Options{
-		Comparer:     pointComparer(),
-		Cache:        cache,
-		Levels:       levels,
-		MemTableSize: memTableBytes,
-		MaxOpenFiles: 256,
-		Logger:       quietLogger{},
+		Comparer:              pointComparer(),
+		Cache:                 cache,
+		Levels:                levels,
+		MemTableSize:          memTableBytes,
+		L0CompactionThreshold: l0CompactionSublevels,
+		L0StopWritesThreshold: l0StopWritesSublevels,
+		MaxOpenFiles:          256,
+		Logger:                quietLogger{},
 		// The raft log is the write-ahead log of a replicated state machine: after a
 		// crash, Open returns the applied index of the last flushed state and dragonboat
 		// replays the entries after it. Sync flushes before dragonboat relies on the
