@@ -35,6 +35,23 @@ func IsRecordKey(k []byte) bool { return len(k) > 0 && (k[0] == prefixTxn || k[0
 
 var stateKey = []byte{prefixState}
 
+// RouterDeadlineMax bounds how long after its Begin a transaction's router may keep
+// the coordinator's driver from recovering it (BeginTxn.router_deadline_unix_nano): a
+// router's clock far ahead cannot hold reservations for longer than this.
+const RouterDeadlineMax = 5 * time.Minute
+
+// routerDeadline is the router deadline a record keeps: 0 when none was given or it
+// has passed already (at now), at most RouterDeadlineMax after now.
+func routerDeadline(deadlineUnixNano, nowUnixNano int64) int64 {
+	switch {
+	case deadlineUnixNano <= nowUnixNano:
+		return 0
+	case deadlineUnixNano-nowUnixNano > int64(RouterDeadlineMax):
+		return nowUnixNano + int64(RouterDeadlineMax)
+	}
+	return deadlineUnixNano
+}
+
 const (
 	decNone   = raftv1.TxnDecision_TXN_DECISION_UNSPECIFIED
 	decCommit = raftv1.TxnDecision_TXN_DECISION_COMMIT
@@ -320,6 +337,7 @@ func (a *Applier) begin(b *raftv1.BeginTxn) (*raftv1.CommandResult, error) {
 		return &raftv1.CommandResult{Txn: old, Existed: true}, nil
 	}
 	rec := a.newRecord(b.GetTxnId(), ts)
+	rec.RouterDeadlineUnixNano = routerDeadline(b.GetRouterDeadlineUnixNano(), a.now)
 	a.storeNew(rec)
 	return &raftv1.CommandResult{Txn: rec}, nil
 }

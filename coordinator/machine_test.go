@@ -1647,3 +1647,50 @@ func TestRecordWithoutStatusReadsAsStored(t *testing.T) {
 		t.Fatalf("forgotten old-format record read as %v", got)
 	}
 }
+
+// A Begin's router deadline is kept on the record (clamped), so the driver leaves the
+// transaction to its router until then; a retried Begin does not move it.
+func TestBeginKeepsRouterDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		deadline time.Duration // after the Begin's logged clock; 0: none given
+		none     bool          // the deadline given is 0 or negative
+		want     time.Duration // after the logged clock; -1: none kept
+	}{
+		{name: "none", none: true, want: -1},
+		{name: "passed", deadline: -time.Second, want: -1},
+		{name: "now", deadline: 0, want: -1},
+		{name: "ahead", deadline: 20 * time.Second, want: 20 * time.Second},
+		{name: "far ahead: clamped", deadline: time.Hour, want: coordinator.RouterDeadlineMax},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newMTCoord(t)
+			cmd := mtBegin(mtXfer("t1", "a", "b", 5))
+			at := c.now + int64(time.Millisecond)
+			if !tc.none {
+				cmd.GetBeginTxn().RouterDeadlineUnixNano = at + int64(tc.deadline)
+			}
+			r := c.applyAt(at, cmd)
+			want := int64(0)
+			if tc.want >= 0 {
+				want = at + int64(tc.want)
+			}
+			if got := r.GetTxn().GetRouterDeadlineUnixNano(); got != want {
+				t.Fatalf("router deadline %d, want %d (begun at %d)", got, want, at)
+			}
+			if got := c.txn("t1").GetRouterDeadlineUnixNano(); got != want {
+				t.Fatalf("stored router deadline %d, want %d", got, want)
+			}
+			again := mtBegin(mtXfer("t1", "a", "b", 5))
+			again.GetBeginTxn().RouterDeadlineUnixNano = at + int64(time.Minute)
+			if r := c.applyAt(at+int64(time.Second), again); !r.GetExisted() || r.GetTxn().GetRouterDeadlineUnixNano() != want {
+				t.Fatalf("retried begin: %v", r)
+			}
+			c.now = at + int64(time.Second)
+			c.commit("t1")
+			if got := c.txn("t1").GetRouterDeadlineUnixNano(); got != want {
+				t.Fatalf("decided record's router deadline %d, want %d", got, want)
+			}
+		})
+	}
+}

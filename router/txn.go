@@ -207,6 +207,12 @@ func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*le
 		}()
 	}
 	// Begin the transactions (not the pending ones) while their branches are prepared.
+	// Until this request's deadline this router owns them: the coordinator's driver
+	// recovers them only after it (a loaded router is slow, not dead).
+	var deadline int64
+	if dl, ok := ctx.Deadline(); ok {
+		deadline = dl.UnixNano()
+	}
 	begun := make([]*raftv1.CommandResult, len(chains))
 	beginErr := make([]error, len(chains))
 	var begins sync.WaitGroup
@@ -229,7 +235,7 @@ func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*le
 			}
 			group := coordinator.GroupOf(txnID, m.CoordinatorGroups)
 			begun[i], beginErr[i] = r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_BeginTxn{
-				BeginTxn: &raftv1.BeginTxn{TxnId: txnID, Transfers: chains[i]}}}, len(chains[i]))
+				BeginTxn: &raftv1.BeginTxn{TxnId: txnID, Transfers: chains[i], RouterDeadlineUnixNano: deadline}}}, len(chains[i]))
 		}()
 	}
 	var votes []*raftv1.Vote

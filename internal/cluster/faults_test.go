@@ -478,6 +478,74 @@ func TestRouterDiesAfterStaging(t *testing.T) {
 	}
 }
 
+// TestSlowRouterKeepsItsTransactions: a router slower than the driver's RecoverAfter
+// (as under load) owns the transactions it began until its request's deadline: the
+// coordinator's driver does not prepare and decide them a second time. One whose router
+// gave up (here: died after staging) is recovered by the driver once that deadline has
+// passed, without a retry or a reader.
+func TestSlowRouterKeepsItsTransactions(t *testing.T) {
+	const requestTimeout = 3 * time.Second
+	var recovered sync.Map // txn id -> when the driver decided it
+	fc := startFaultCluster(t, func(c *Config) {
+		c.Router.RequestTimeout = requestTimeout
+		c.Router.BeforeDecide = func(ctx context.Context, txnID string) error {
+			switch {
+			case strings.HasPrefix(txnID, "slow-"):
+				time.Sleep(time.Second) // past RecoverAfter, well inside the deadline
+			case strings.HasPrefix(txnID, "dead-"):
+				return connect.NewError(connect.CodeUnavailable, errors.New("router died after staging (test)"))
+			}
+			return nil
+		}
+		c.Agents = AgentOptions{
+			Driver: coordinator.DriverOptions{Tick: 10 * time.Millisecond, RecoverAfter: 200 * time.Millisecond,
+				Hooks: coordinator.Hooks{BeforeDecide: func(_ context.Context, txnID string) { recovered.LoadOrStore(txnID, time.Now()) }}},
+			Resolver: coordinator.ResolverOptions{InquireAfter: time.Minute, Interval: 100 * time.Millisecond},
+		}
+	})
+	a, b := idsOnShard("srk-a", 2, 1)[0], idsOnShard("srk-b", 4, 1)[0]
+	createAccounts(t, fc.client, []string{a, b}, false)
+
+	res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+		Transfers: []*ledgerv1.Transfer{transfer("slow-1", a, b, 5)}}))
+	if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED {
+		t.Fatalf("slow router: %v %v", res, err)
+	}
+	if _, ok := recovered.Load("slow-1"); ok {
+		t.Fatal("the driver recovered a transaction its (slow, live) router was deciding")
+	}
+
+	start := time.Now()
+	_, err = fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+		Transfers: []*ledgerv1.Transfer{transfer("dead-1", a, b, 7)}}))
+	if connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("want the router's death, got %v", err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var at time.Time
+	for {
+		if v, ok := recovered.Load("dead-1"); ok {
+			at = v.(time.Time)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the driver never recovered the dead router's transaction")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if waited := at.Sub(start); waited < requestTimeout {
+		t.Fatalf("the driver recovered the transaction %v after the request started, before the router's deadline (%v)", waited, requestTimeout)
+	}
+	waitQuiescent(t, fc.testCluster)
+	accs := getAccounts(t, fc.client, []string{a, b})
+	if accs[a].DebitsPosted != 12 || accs[b].CreditsPosted != 12 || accs[a].DebitsPending != 0 || accs[b].CreditsPending != 0 {
+		t.Fatalf("both transfers must be committed once: %v %v", accs[a], accs[b])
+	}
+	if _, ok := recovered.Load("slow-1"); ok {
+		t.Fatal("the driver recovered the slow router's transaction after all")
+	}
+}
+
 // TestIntraShardPendingExpiresByItself: nobody touches an expired intra-shard pending
 // transfer; the shard leader's resolver releases it.
 func TestIntraShardPendingExpiresByItself(t *testing.T) {

@@ -649,11 +649,16 @@ func (x *TransferRef) GetDebitAccountId() string {
 // linked chain) and their branches (debit and credit of each transfer, in order).
 // The branches are derived by the state machine (debit then credit of each transfer).
 type BeginTxn struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TxnId         string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
-	Transfers     []*v1.Transfer         `protobuf:"bytes,2,rep,name=transfers,proto3" json:"transfers,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	TxnId     string                 `protobuf:"bytes,1,opt,name=txn_id,json=txnId,proto3" json:"txn_id,omitempty"`
+	Transfers []*v1.Transfer         `protobuf:"bytes,2,rep,name=transfers,proto3" json:"transfers,omitempty"`
+	// The router's deadline for this transaction (its clock, Unix ns; 0: none): until
+	// then the router that began it decides it, and the coordinator's driver leaves it
+	// alone however long it takes (a loaded router is slow, not dead: recovering its
+	// transactions then would double the work). Clamped to RouterDeadlineMax.
+	RouterDeadlineUnixNano int64 `protobuf:"varint,3,opt,name=router_deadline_unix_nano,json=routerDeadlineUnixNano,proto3" json:"router_deadline_unix_nano,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *BeginTxn) Reset() {
@@ -698,6 +703,13 @@ func (x *BeginTxn) GetTransfers() []*v1.Transfer {
 		return x.Transfers
 	}
 	return nil
+}
+
+func (x *BeginTxn) GetRouterDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.RouterDeadlineUnixNano
+	}
+	return 0
 }
 
 // DecideTxn logs a decision; conditional: a second, different decision is refused.
@@ -967,8 +979,10 @@ type TxnRecord struct {
 	CommitAmount      uint64           `protobuf:"varint,12,opt,name=commit_amount,json=commitAmount,proto3" json:"commit_amount,omitempty"`
 	ResolvedBy        string           `protobuf:"bytes,13,opt,name=resolved_by,json=resolvedBy,proto3" json:"resolved_by,omitempty"`
 	DecidedAtUnixNano int64            `protobuf:"varint,14,opt,name=decided_at_unix_nano,json=decidedAtUnixNano,proto3" json:"decided_at_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// From the BeginTxn: until then the driver does not recover the transaction.
+	RouterDeadlineUnixNano int64 `protobuf:"varint,15,opt,name=router_deadline_unix_nano,json=routerDeadlineUnixNano,proto3" json:"router_deadline_unix_nano,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *TxnRecord) Reset() {
@@ -1095,6 +1109,13 @@ func (x *TxnRecord) GetResolvedBy() string {
 func (x *TxnRecord) GetDecidedAtUnixNano() int64 {
 	if x != nil {
 		return x.DecidedAtUnixNano
+	}
+	return 0
+}
+
+func (x *TxnRecord) GetRouterDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.RouterDeadlineUnixNano
 	}
 	return 0
 }
@@ -2941,10 +2962,11 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\ttransfers\x18\x01 \x03(\v2\x1b.ledger.raft.v1.TransferRefR\ttransfers\"G\n" +
 	"\vTransferRef\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
-	"\x10debit_account_id\x18\x02 \x01(\tR\x0edebitAccountId\"T\n" +
+	"\x10debit_account_id\x18\x02 \x01(\tR\x0edebitAccountId\"\x8f\x01\n" +
 	"\bBeginTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x121\n" +
-	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\"\xaa\x02\n" +
+	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\x129\n" +
+	"\x19router_deadline_unix_nano\x18\x03 \x01(\x03R\x16routerDeadlineUnixNano\"\xaa\x02\n" +
 	"\tDecideTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.ledger.raft.v1.TxnDecisionR\bdecision\x12*\n" +
@@ -2961,7 +2983,7 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\btransfer\x18\x01 \x01(\v2\x13.ledger.v1.TransferR\btransfer\"%\n" +
 	"\n" +
 	"ExpireTxns\x12\x17\n" +
-	"\atxn_ids\x18\x01 \x03(\tR\x06txnIds\"\xe4\x04\n" +
+	"\atxn_ids\x18\x01 \x03(\tR\x06txnIds\"\x9f\x05\n" +
 	"\tTxnRecord\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x121\n" +
 	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\x122\n" +
@@ -2978,7 +3000,8 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\rcommit_amount\x18\f \x01(\x04R\fcommitAmount\x12\x1f\n" +
 	"\vresolved_by\x18\r \x01(\tR\n" +
 	"resolvedBy\x12/\n" +
-	"\x14decided_at_unix_nano\x18\x0e \x01(\x03R\x11decidedAtUnixNano\"d\n" +
+	"\x14decided_at_unix_nano\x18\x0e \x01(\x03R\x11decidedAtUnixNano\x129\n" +
+	"\x19router_deadline_unix_nano\x18\x0f \x01(\x03R\x16routerDeadlineUnixNano\"d\n" +
 	"\n" +
 	"CoordState\x127\n" +
 	"\x18last_timestamp_unix_nano\x18\x01 \x01(\x03R\x15lastTimestampUnixNano\x12\x1d\n" +
