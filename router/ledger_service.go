@@ -253,7 +253,7 @@ func (r *Router) CreateTransfers(ctx context.Context, req *connect.Request[ledge
 		}
 	}
 	if len(cross) > 0 {
-		if err := r.reserveTxns(len(cross)); err != nil {
+		if err := r.reserveTxns(ctx, len(cross)); err != nil {
 			return nil, err
 		}
 		defer r.releaseTxns(len(cross))

@@ -1,6 +1,8 @@
 package router
 
 import (
+	"time"
+
 	"context"
 	"errors"
 	"fmt"
@@ -154,18 +156,39 @@ func checkCrossUnit(ts []*ledgerv1.Transfer, u unit) error {
 }
 
 // reserveTxns takes n of the router's cross-shard transaction slots, all or none, so a
-// request is refused whole (nothing applied) when they are not there.
-func (r *Router) reserveTxns(n int) error {
-	if got := r.txns.Add(int64(n)); got > int64(r.opts.TxnInflightMax) {
-		r.txns.Add(-int64(n))
+// request is refused whole (nothing applied) when it cannot have them. It waits for them
+// behind the requests that came first, at most TxnAdmitWaitMax and while ctx lasts.
+func (r *Router) reserveTxns(ctx context.Context, n int) error {
+	if n > r.opts.TxnInflightMax {
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
-			"%d cross-shard transactions in flight, %d more asked (limit %d); nothing was applied, retry later",
-			got-int64(n), n, r.opts.TxnInflightMax))
+			"%d cross-shard transactions in one request, more than this router takes at once (%d); nothing was applied",
+			n, r.opts.TxnInflightMax))
+	}
+	if r.txns.TryAcquire(int64(n)) {
+		return nil
+	}
+	if q := r.txnsQueued.Add(int64(n)); q > int64(r.opts.TxnQueuedMax) {
+		r.txnsQueued.Add(-int64(n))
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+			"%d cross-shard transactions wait for room already, %d more asked (limit %d); nothing was applied, retry later",
+			q-int64(n), n, r.opts.TxnQueuedMax))
+	}
+	defer r.txnsQueued.Add(-int64(n))
+	wctx, cancel := context.WithTimeout(ctx, r.opts.TxnAdmitWaitMax)
+	defer cancel()
+	start := r.opts.Now()
+	if err := r.txns.Acquire(wctx, int64(n)); err != nil {
+		if ctx.Err() != nil {
+			return toConnect(fmt.Errorf("waiting for room for %d cross-shard transactions (nothing was applied): %w", n, ctx.Err()))
+		}
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf(
+			"no room for %d cross-shard transactions after %v (limit %d in flight); nothing was applied, retry later",
+			n, r.opts.Now().Sub(start).Round(time.Millisecond), r.opts.TxnInflightMax))
 	}
 	return nil
 }
 
-func (r *Router) releaseTxns(n int) { r.txns.Add(-int64(n)) }
+func (r *Router) releaseTxns(n int) { r.txns.Release(int64(n)) }
 
 // runTxns runs a request's cross-shard chains (single transfers or linked chains; or
 // posts/voids of cross-shard pending transfers) and answers each once its outcome is
