@@ -52,6 +52,13 @@ type Options struct {
 	InflightPerShard int
 	// QueuedPerShard bounds commands waiting per shard; past it: resource_exhausted.
 	QueuedPerShard int
+	// BackgroundLinger is how long a background command (the coordinator's follow-up
+	// work: decisions logged after the answer, branch commits, forgets, recovery) waits
+	// for a client's command to the same group to ride along with, before it is
+	// proposed on its own. Every raft entry costs a round whatever it carries, and a
+	// group proposes one entry per round: proposed alone, follow-up work made the next
+	// transaction's Begin and prepares wait a round behind it. 0: the default; < 0: none.
+	BackgroundLinger time.Duration
 	// TxnInflightMax bounds the cross-shard transactions this router waits on at once.
 	// A request whose transactions do not fit waits for room, first come first served
 	// (at most TxnAdmitWaitMax, and TxnQueuedMax transactions wait at most); past
@@ -103,6 +110,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.TxnInflightMax == 0 {
 		o.TxnInflightMax = 10_000
+	}
+	if o.BackgroundLinger == 0 {
+		o.BackgroundLinger = 5 * time.Millisecond
 	}
 	if o.TxnQueuedMax == 0 {
 		o.TxnQueuedMax = 4 * o.TxnInflightMax
@@ -272,7 +282,8 @@ type outcome struct {
 }
 
 type shardQueue struct {
-	ch  chan *pending
+	ch  chan *pending // clients' commands: proposed as soon as a slot is free
+	bg  chan *pending // background commands: held for BackgroundLinger (see Options)
 	sem chan struct{}
 }
 
@@ -281,7 +292,8 @@ func (r *Router) queue(shardID uint64) *shardQueue {
 	defer r.mu.Unlock()
 	q, ok := r.queues[shardID]
 	if !ok {
-		q = &shardQueue{ch: make(chan *pending, r.opts.QueuedPerShard), sem: make(chan struct{}, r.opts.InflightPerShard)}
+		q = &shardQueue{ch: make(chan *pending, r.opts.QueuedPerShard), bg: make(chan *pending, r.opts.QueuedPerShard),
+			sem: make(chan struct{}, r.opts.InflightPerShard)}
 		r.queues[shardID] = q
 		go r.runQueue(shardID, q)
 	}
@@ -290,25 +302,68 @@ func (r *Router) queue(shardID uint64) *shardQueue {
 
 // runQueue coalesces waiting commands into one raft entry per proposal. While every
 // in-flight slot is busy, commands accumulate and the next entry carries them all.
+// Background commands are held until a client's command goes (they ride in its entry),
+// BackgroundLinger passes, or they fill half an entry.
 func (r *Router) runQueue(shardID uint64, q *shardQueue) {
-	var carry *pending
+	var (
+		carry    *pending   // a command that did not fit in the last entry
+		held     []*pending // background commands waiting for company
+		heldSize int
+		linger   = time.NewTimer(time.Hour)
+		lingerC  <-chan time.Time
+	)
+	linger.Stop()
+	hold := func(p *pending) {
+		if len(held) == 0 && r.opts.BackgroundLinger > 0 {
+			linger.Reset(r.opts.BackgroundLinger)
+			lingerC = linger.C
+		}
+		held, heldSize = append(held, p), heldSize+p.size
+	}
+	closed := func(first *pending) {
+		if first != nil {
+			held = append(held, first)
+		}
+		for _, p := range held {
+			p.done <- outcome{err: errRetry{errors.New("router closed")}}
+		}
+	}
 	for {
 		first := carry
 		carry = nil
 		if first == nil {
 			select {
 			case <-r.ctx.Done():
+				closed(nil)
 				return
 			case first = <-q.ch:
+			case p := <-q.bg:
+				hold(p)
+				if r.opts.BackgroundLinger > 0 && heldSize < r.opts.BatchItemsMax/2 {
+					continue
+				}
+			case <-lingerC:
 			}
 		}
 		select {
 		case <-r.ctx.Done():
-			first.done <- outcome{err: errRetry{errors.New("router closed")}}
+			closed(first)
 			return
 		case q.sem <- struct{}{}:
 		}
-		batch, size := []*pending{first}, first.size
+		var batch []*pending
+		size := 0
+		if first != nil {
+			batch, size = append(batch, first), first.size
+		}
+		// The held background commands, as many as fit; the rest wait for the next.
+		k := 0
+		for k < len(held) && size+held[k].size <= r.opts.BatchItemsMax {
+			batch, size = append(batch, held[k]), size+held[k].size
+			heldSize -= held[k].size
+			k++
+		}
+		held = append(held[:0], held[k:]...)
 	drain:
 		for size < r.opts.BatchItemsMax {
 			select {
@@ -321,6 +376,30 @@ func (r *Router) runQueue(shardID uint64, q *shardQueue) {
 			default:
 				break drain
 			}
+		}
+	drainBackground:
+		for size < r.opts.BatchItemsMax {
+			select {
+			case p := <-q.bg:
+				if size+p.size > r.opts.BatchItemsMax {
+					hold(p)
+					break drainBackground
+				}
+				batch, size = append(batch, p), size+p.size
+			default:
+				break drainBackground
+			}
+		}
+		if len(held) == 0 {
+			linger.Stop()
+			lingerC = nil
+		} else if r.opts.BackgroundLinger > 0 {
+			linger.Reset(r.opts.BackgroundLinger)
+			lingerC = linger.C
+		}
+		if len(batch) == 0 {
+			<-q.sem
+			continue
 		}
 		go func() {
 			defer func() { <-q.sem }()
@@ -374,8 +453,12 @@ func (r *Router) proposeBatch(shardID uint64, batch []*pending) {
 func (r *Router) submit(ctx context.Context, shardID uint64, cmd *raftv1.Command, size int) (*raftv1.CommandResult, error) {
 	p := &pending{cmd: cmd, size: size, done: make(chan outcome, 1)}
 	q := r.queue(shardID)
+	ch := q.ch
+	if isBackground(ctx) {
+		ch = q.bg
+	}
 	select {
-	case q.ch <- p:
+	case ch <- p:
 	default:
 		return nil, ErrOverloaded
 	}

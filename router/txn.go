@@ -390,7 +390,7 @@ func (r *Router) logDecision(group uint64, dec *raftv1.DecideTxn) {
 	}
 	go func() {
 		defer func() { <-r.decisions }()
-		ctx, cancel := context.WithTimeout(r.ctx, r.opts.RequestTimeout)
+		ctx, cancel := context.WithTimeout(withBackground(r.ctx), r.opts.RequestTimeout)
 		defer cancel()
 		if _, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}}, 1); err != nil {
 			r.log.Debug("log commit decision; the coordinator's driver will", "txn", dec.TxnId, "err", err)

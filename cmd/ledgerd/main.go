@@ -199,7 +199,7 @@ func runStart(ctx context.Context, log *slog.Logger, args []string) error {
 		}
 		log.Warn("bootstrap not done yet (waiting for a quorum)", "err", err)
 	}
-	stopAgents := cluster.StartAgents(n, hub, r, r.CoordinatorGroupOf, cluster.AgentOptions{
+	stopAgents := cluster.StartAgents(n, hub, r.Background(), r.CoordinatorGroupOf, cluster.AgentOptions{
 		Driver: coordinator.DriverOptions{Logger: log}, Resolver: coordinator.ResolverOptions{Logger: log}})
 	defer stopAgents()
 	if *listen == "" {

@@ -216,7 +216,7 @@ func (l *Local) startAgents(b *Backend) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.n != nil && b.agent == nil {
-		b.agent = StartAgents(b.n, b.hub, l.Router, l.Router.CoordinatorGroupOf, opts)
+		b.agent = StartAgents(b.n, b.hub, l.Router.Background(), l.Router.CoordinatorGroupOf, opts)
 	}
 }
 
