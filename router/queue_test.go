@@ -158,8 +158,14 @@ func TestNoLingerCoalescesWhileBusy(t *testing.T) {
 			t.Fatal(o.err)
 		}
 	}
-	got := be.proposed()
-	if len(got) != r.opts.InflightPerShard+1 || got[len(got)-1] != 2 {
+	got := be.proposed() // in any order: the entries waited on the same gate
+	twos := 0
+	for _, n := range got {
+		if n == 2 {
+			twos++
+		}
+	}
+	if len(got) != r.opts.InflightPerShard+1 || twos != 1 {
 		t.Fatalf("entries %v: want the 2 commands that waited for a slot in one entry", got)
 	}
 }
