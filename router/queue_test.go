@@ -169,3 +169,34 @@ func TestNoLingerCoalescesWhileBusy(t *testing.T) {
 		t.Fatalf("entries %v: want the 2 commands that waited for a slot in one entry", got)
 	}
 }
+
+// With no linger, a background command left over from a full entry goes at once, with
+// no other command to trigger it.
+func TestNoLingerLeftoverGoes(t *testing.T) {
+	be := &recordingBackend{}
+	r, err := New([]Backend{be}, Options{BackgroundLinger: -1, BatchItemsMax: 2, InflightPerShard: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.cancel)
+	q := r.queue(7)
+	q.sem <- struct{}{} // the only slot is busy: what comes now waits
+	one := enqueue(t, r, true, forget("b1"))
+	waitTaken(t, r)
+	p := &pending{cmd: forget("b2"), size: 2, done: make(chan outcome, 1)}
+	q.bg <- p // does not fit beside b1: left over, held
+	<-q.sem
+	for _, d := range []chan outcome{one, p.done} {
+		select {
+		case o := <-d:
+			if o.err != nil {
+				t.Fatal(o.err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("a background command was never proposed (entries %v)", be.proposed())
+		}
+	}
+	if got := be.proposed(); len(got) != 2 {
+		t.Fatalf("entries %v, want b1 and b2 apart", got)
+	}
+}

@@ -331,7 +331,8 @@ func (r *Router) runQueue(shardID uint64, q *shardQueue) {
 	for {
 		first := carry
 		carry = nil
-		if first == nil {
+		// With no linger, background commands left over from a full entry go at once.
+		if first == nil && (len(held) == 0 || r.opts.BackgroundLinger > 0) {
 			select {
 			case <-r.ctx.Done():
 				closed(nil)
