@@ -120,7 +120,12 @@ func (r *Resolver) inquire(ctx context.Context, txnID string, branches []*raftv1
 		}
 		rec = out.Txn // the decision that stands (maybe one logged first)
 	case rec.Decision == decNone:
-		// Begun, undecided: decide it from the branches' stored states.
+		// Begun, undecided: its router owns it until its deadline (a loaded router is
+		// slow, not dead); the next scan asks again. After it, decide it from the
+		// branches' stored states.
+		if r.opts.Now().UnixNano() < rec.RouterDeadlineUnixNano {
+			return
+		}
 		if rec, err = Recover(ctx, r.cl, group, rec); err != nil {
 			r.log.Warn("inquiry: cannot decide the transaction yet", "txn", txnID, "err", err)
 			return

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
@@ -72,6 +73,11 @@ func TestResolverInquiry(t *testing.T) {
 		return &raftv1.TxnRecord{TxnId: "T", Decision: d, Branches: branches,
 			Transfers: []*ledgerv1.Transfer{{Id: "T", DebitAccountId: "A", CreditAccountId: "B", Amount: 5, Currency: "USD"}}}
 	}
+	// owned sets a record's router deadline this far from now.
+	owned := func(rec *raftv1.TxnRecord, in time.Duration) *raftv1.TxnRecord {
+		rec.RouterDeadlineUnixNano = time.Now().Add(in).UnixNano()
+		return rec
+	}
 	tombstone := &raftv1.TxnRecord{TxnId: "T", Decision: decAbort, Forgotten: true}
 	// The inquiring shard holds T/0 on A (the record's) and T/0 on C: a branch a reuse of
 	// the id with other accounts prepared, which the record does not own.
@@ -90,6 +96,10 @@ func TestResolverInquiry(t *testing.T) {
 		{"unknown: an abort tombstone is logged, both abort", nil, tombstone, decAbort, nil, []string{"T/0/A", "T/0/C"}},
 		{"begun, undecided, every branch prepared: recovery commits", record(decNone), record(decCommit), decCommit,
 			[]string{"T/0/A"}, []string{"T/0/C"}},
+		{"begun, undecided, its router's deadline passed: recovery commits", owned(record(decNone), -time.Second), record(decCommit), decCommit,
+			[]string{"T/0/A"}, []string{"T/0/C"}},
+		{"begun, undecided, before its router's deadline: left to the router, asked again next scan", owned(record(decNone), time.Hour), nil, decNone,
+			nil, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -109,6 +119,9 @@ func TestResolverInquiry(t *testing.T) {
 			}
 			if tc.proposes == decCommit && f.prepared != len(branches) {
 				t.Errorf("recovery prepared %d branches, want the record's %d", f.prepared, len(branches))
+			}
+			if tc.proposes == decNone && f.prepared != 0 {
+				t.Errorf("prepared %d branches without recovering", f.prepared)
 			}
 			if !slices.Equal(f.commits, tc.commits) || !slices.Equal(f.aborts, tc.aborts) {
 				t.Fatalf("commits %v aborts %v, want %v %v", f.commits, f.aborts, tc.commits, tc.aborts)
