@@ -56,7 +56,10 @@ const (
 	LedgerCrossSingle  = "ledger-cross-single"
 	LedgerIntraBatched = "ledger-intra-batched"
 	LedgerCrossBatched = "ledger-cross-batched"
-	LedgerIntraBig     = "ledger-intra-single-big"
+	// LedgerCrossOverload is the batched cross-shard workload with 4× the clients: past
+	// the knee, where a collapse (work done twice, refusals and retries) would show.
+	LedgerCrossOverload = "ledger-cross-batched-4x-clients"
+	LedgerIntraBig      = "ledger-intra-single-big"
 )
 
 func (o *SuiteOptions) defaults() {
@@ -187,6 +190,7 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 		{LedgerCrossSingle, 1, 1, o.Concurrency, o.Repeats},
 		{LedgerIntraBatched, 0, o.Batch, o.BatchConcurrency, o.Repeats},
 		{LedgerCrossBatched, 1, o.Batch, o.BatchConcurrency, o.Repeats},
+		{LedgerCrossOverload, 1, o.Batch, 4 * o.BatchConcurrency, 1},
 	}
 	for _, c := range o.CrossSweep {
 		runs = append(runs, row{fmt.Sprintf("ledger-cross-%02.0f", c*100), c, 1, o.Concurrency, 1})
@@ -315,6 +319,7 @@ func addRatios(rep *Report) {
 	rep.AddRatio("100% cross-shard, batched vs PostgreSQL", LedgerCrossBatched, PostgresBatched, 10)
 	rep.AddRatio("cross-shard vs intra-shard (1 transfer/request)", LedgerCrossSingle, LedgerIntraSingle, 0.5)
 	rep.AddRatio("cross-shard vs intra-shard (batched)", LedgerCrossBatched, LedgerIntraBatched, 0)
+	rep.AddRatio("batched cross-shard, 4× the clients vs the batched row (overload)", LedgerCrossOverload, LedgerCrossBatched, 0)
 	rep.AddRatio("intra-shard vs engine ceiling (1 transfer/request)", LedgerIntraSingle, EngineSingle, 0.6)
 	rep.AddRatio("intra-shard vs engine ceiling (batched)", LedgerIntraBatched, EngineBatched, 0)
 	rep.AddRatio("large population vs small (intra-shard)", LedgerIntraBig, LedgerIntraSingle, 0.8)
