@@ -46,6 +46,13 @@ func DecisionFromVotes(txnID string, chain, ts []*ledgerv1.Transfer, votes []*ra
 	return &raftv1.DecideTxn{TxnId: txnID, Decision: dec, Votes: votes, FailedIndex: -1, Transfers: ts}
 }
 
+// routerOwns tells whether a begun, undecided transaction is still its router's to
+// decide at now (before the router's deadline logged in its Begin): neither the driver
+// nor a participant's inquiry recovers it then (a loaded router is slow, not dead).
+func routerOwns(rec *raftv1.TxnRecord, nowUnixNano int64) bool {
+	return nowUnixNano < rec.RouterDeadlineUnixNano
+}
+
 // Recover decides a begun transaction nobody decided (its router died, or a reader
 // needs it settled): it prepares every branch (idempotent: a branch keeps the state it
 // has) and logs the decision the stored states call for. The decision that stands is

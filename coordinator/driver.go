@@ -317,7 +317,7 @@ func (d *Driver) drive(ctx context.Context, rec *raftv1.TxnRecord) {
 // recoverable tells whether the driver may decide an undecided, begun transaction at
 // now: RecoverAfter after its Begin and past its router's deadline.
 func (d *Driver) recoverable(rec *raftv1.TxnRecord, nowUnixNano int64) bool {
-	return nowUnixNano-rec.BegunAtUnixNano >= int64(d.opts.RecoverAfter) && nowUnixNano >= rec.RouterDeadlineUnixNano
+	return nowUnixNano-rec.BegunAtUnixNano >= int64(d.opts.RecoverAfter) && !routerOwns(rec, nowUnixNano)
 }
 
 // step advances a transaction by one phase and returns its new record; done when

@@ -123,7 +123,7 @@ func (r *Resolver) inquire(ctx context.Context, txnID string, branches []*raftv1
 		// Begun, undecided: its router owns it until its deadline (a loaded router is
 		// slow, not dead); the next scan asks again. After it, decide it from the
 		// branches' stored states.
-		if r.opts.Now().UnixNano() < rec.RouterDeadlineUnixNano {
+		if routerOwns(rec, r.opts.Now().UnixNano()) {
 			return
 		}
 		if rec, err = Recover(ctx, r.cl, group, rec); err != nil {
