@@ -25,9 +25,7 @@ func DecisionFromVotes(txnID string, chain, ts []*ledgerv1.Transfer, votes []*ra
 		}
 	}
 	for _, v := range votes {
-		// COMMITTED: the decision was logged and applied already (a late look); the
-		// coordinator answers its record.
-		if st := v.GetState(); st != raftv1.BranchState_BRANCH_STATE_PREPARED && st != raftv1.BranchState_BRANCH_STATE_COMMITTED {
+		if !IsYes(v.GetState()) {
 			st, msg := v.GetStatus(), v.GetMessage()
 			if v.GetState() == raftv1.BranchState_BRANCH_STATE_ABORTED {
 				st, msg = ledgerv1.TransferStatus_TRANSFER_STATUS_TIMED_OUT, "a participant aborted the branch (timed out)"
@@ -44,6 +42,13 @@ func DecisionFromVotes(txnID string, chain, ts []*ledgerv1.Transfer, votes []*ra
 		dec = decHold
 	}
 	return &raftv1.DecideTxn{TxnId: txnID, Decision: dec, Votes: votes, FailedIndex: -1, Transfers: ts}
+}
+
+// IsYes tells whether a branch in state st votes for a commit: PREPARED, or COMMITTED
+// (a commit happened: the decision was logged already, or the transaction's router
+// posted its branches after seeing every one prepared, before logging it).
+func IsYes(st raftv1.BranchState) bool {
+	return st == raftv1.BranchState_BRANCH_STATE_PREPARED || st == raftv1.BranchState_BRANCH_STATE_COMMITTED
 }
 
 // routerOwns tells whether a begun, undecided transaction is still its router's to

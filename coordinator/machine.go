@@ -374,6 +374,9 @@ func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
 		return nil, err
 	}
 	ts := d.GetTransfers()
+	if d.GetForget() && (d.GetDecision() != decCommit || len(ts) > 0) {
+		return refuse("txn %q: forget goes only with the COMMIT of a begun transaction", d.GetTxnId()), nil
+	}
 	created := false
 	switch {
 	case rec == nil && len(ts) == 0:
@@ -402,18 +405,45 @@ func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
 		return reused(ts, rec), nil
 	}
 	if rec.Decision != decNone {
-		// Conditional: the first decision stands; the caller reads it in the result.
+		// Conditional: the first decision stands; the caller reads it in the result. A
+		// commit that stands is closed when the proposer says every branch committed.
+		if d.GetForget() && rec.Decision == decCommit && !rec.Forgotten {
+			if err := a.close(rec); err != nil {
+				return nil, err
+			}
+		}
 		return &raftv1.CommandResult{Txn: rec, Existed: len(ts) > 0}, nil
 	}
 	if msg := a.applyDecision(rec, d); msg != "" {
 		return refuse("%s", msg), nil
 	}
-	if created {
+	switch {
+	case created:
 		a.storeNew(rec)
-	} else {
+	case d.GetForget():
+		if err := a.close(rec); err != nil { // the decision and the forget in one write
+			return nil, err
+		}
+	default:
 		a.putStatus(rec)
 	}
 	return &raftv1.CommandResult{Txn: rec}, nil
+}
+
+// close forgets a decided record: it leaves the open set (the record stays: a transfer
+// id has one outcome forever).
+func (a *Applier) close(rec *raftv1.TxnRecord) error {
+	if rec.Decision != decCommit && rec.Decision != decAbort {
+		return fmt.Errorf("closing txn %q while %s", rec.TxnId, rec.Decision)
+	}
+	if a.state.OpenCount == 0 {
+		return fmt.Errorf("open count underflow forgetting %q", rec.TxnId)
+	}
+	rec.Forgotten = true
+	a.putStatus(rec)
+	a.ov.Delete(key(prefixOpen, rec.TxnId))
+	a.state.OpenCount--
+	return nil
 }
 
 // applyDecision sets an undecided record's decision in memory; a refusal message, or
@@ -479,11 +509,13 @@ func anyNo(rec *raftv1.TxnRecord, votes []*raftv1.Vote) string {
 	return fmt.Sprintf("none of %d votes refuses a branch", len(votes))
 }
 
-// allPrepared checks that votes hold a PREPARED vote for every branch; "" when they do.
+// allPrepared checks that votes hold a yes vote for every branch, "" when they do: a
+// PREPARED one, or a COMMITTED one (its router posted the branch after seeing every
+// branch prepared, and died before logging the decision; a recovery reads it back).
 func allPrepared(rec *raftv1.TxnRecord, votes []*raftv1.Vote) string {
 	yes := make(map[uint32]bool, len(votes))
 	for _, v := range votes {
-		if v.GetTxnId() == rec.TxnId && v.GetState() == raftv1.BranchState_BRANCH_STATE_PREPARED {
+		if v.GetTxnId() == rec.TxnId && IsYes(v.GetState()) {
 			yes[v.GetIndex()] = true
 		}
 	}
@@ -526,13 +558,9 @@ func (a *Applier) forget(f *raftv1.ForgetTxn) (*raftv1.CommandResult, error) {
 		if rec.Forgotten {
 			continue
 		}
-		rec.Forgotten = true
-		a.putStatus(rec)
-		a.ov.Delete(key(prefixOpen, rec.TxnId))
-		if a.state.OpenCount == 0 {
-			return nil, fmt.Errorf("open count underflow forgetting %q", rec.TxnId)
+		if err := a.close(rec); err != nil {
+			return nil, err
 		}
-		a.state.OpenCount--
 	}
 	return &raftv1.CommandResult{Txn: first}, nil
 }

@@ -52,8 +52,9 @@ const (
 	mtStateVoided  = ledgerv1.TransferState_TRANSFER_STATE_VOIDED
 	mtStateExpired = ledgerv1.TransferState_TRANSFER_STATE_EXPIRED
 
-	mtPrepared = raftv1.BranchState_BRANCH_STATE_PREPARED
-	mtRefused  = raftv1.BranchState_BRANCH_STATE_REFUSED
+	mtPrepared      = raftv1.BranchState_BRANCH_STATE_PREPARED
+	mtCommittedVote = raftv1.BranchState_BRANCH_STATE_COMMITTED
+	mtRefused       = raftv1.BranchState_BRANCH_STATE_REFUSED
 )
 
 // mtCoord is one coordinator group over a MemStore: every command runs in its own
@@ -593,12 +594,23 @@ func TestDecide(t *testing.T) {
 				vs[1].State, vs[1].Status = mtRefused, mtInsufficient
 				return mtDecide(rec.TxnId, mtCommit, vs...)
 			}},
-		{name: "commit with committed votes", chain: 1, refused: "branch 0",
+		// A router posts the branches of a transaction it answered before it logs the
+		// decision; dying between, a recovery reads COMMITTED back: a yes vote.
+		{name: "commit with committed and prepared votes", chain: 1,
 			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command {
 				vs := mtYes(rec)
-				for _, v := range vs {
-					v.State = raftv1.BranchState_BRANCH_STATE_COMMITTED
+				vs[0].State = raftv1.BranchState_BRANCH_STATE_COMMITTED
+				return mtDecide(rec.TxnId, mtCommit, vs...)
+			},
+			check: func(t *testing.T, rec *raftv1.TxnRecord) {
+				if rec.Decision != mtCommit || rec.Forgotten {
+					t.Errorf("commit: %v", rec)
 				}
+			}},
+		{name: "commit with an aborted vote", chain: 1, refused: "branch 1",
+			cmd: func(rec *raftv1.TxnRecord) *raftv1.Command {
+				vs := mtYes(rec)
+				vs[1].State = raftv1.BranchState_BRANCH_STATE_ABORTED
 				return mtDecide(rec.TxnId, mtCommit, vs...)
 			}},
 		{name: "commit with another txn's votes", chain: 1, refused: "branch 0",
@@ -772,6 +784,118 @@ func TestDecideConditional(t *testing.T) {
 			}
 			if got := c.txn("x1"); !proto.Equal(got, first) {
 				t.Fatalf("record changed: %v -> %v", first, got)
+			}
+		})
+	}
+}
+
+// TestDecideAndForget: a COMMIT carrying forget (its router committed every branch)
+// decides and closes the record in one command; it closes a commit that stands, leaves
+// any other decision as it is, and goes with nothing but the commit of a begun txn.
+func TestDecideAndForget(t *testing.T) {
+	forget := func(cmd *raftv1.Command) *raftv1.Command {
+		cmd.GetDecideTxn().Forget = true
+		return cmd
+	}
+	closeCommit := func(c *mtCoord) *raftv1.Command { return forget(mtDecide("d1", mtCommit, mtYes(c.txn("d1"))...)) }
+	cases := []struct {
+		name    string
+		setup   func(c *mtCoord) // leaves txn "d1" (or not)
+		cmd     func(c *mtCoord) *raftv1.Command
+		refused string
+		// want: the decision that stands after the command and whether d1 is closed.
+		want   raftv1.TxnDecision
+		closed bool
+	}{
+		{name: "undecided: decided and closed", setup: func(c *mtCoord) { c.begin(mtXfer("d1", "a", "b", 1)) },
+			cmd: closeCommit, want: mtCommit, closed: true},
+		{name: "undecided chain, committed votes: decided and closed", setup: func(c *mtCoord) {
+			c.begin(mtXfer("d1", "a", "b", 1), mtXfer("d2", "b", "c", 1))
+		}, cmd: func(c *mtCoord) *raftv1.Command {
+			vs := mtYes(c.txn("d1"))
+			for _, v := range vs {
+				v.State = raftv1.BranchState_BRANCH_STATE_COMMITTED
+			}
+			return forget(mtDecide("d1", mtCommit, vs...))
+		}, want: mtCommit, closed: true},
+		{name: "committed already: closed", setup: func(c *mtCoord) { c.begin(mtXfer("d1", "a", "b", 1)); c.commit("d1") },
+			cmd: closeCommit, want: mtCommit, closed: true},
+		{name: "aborted already: left open and aborted", setup: func(c *mtCoord) {
+			c.begin(mtXfer("d1", "a", "b", 1))
+			c.decide(mtAbortCmd("d1", mtInsufficient, "", 0))
+		}, cmd: closeCommit, want: mtAbort},
+		{name: "forgotten already: unchanged", setup: func(c *mtCoord) {
+			c.begin(mtXfer("d1", "a", "b", 1))
+			c.commit("d1")
+			c.decide(mtForget("d1"))
+		}, cmd: closeCommit, want: mtCommit, closed: true},
+		{name: "a vote missing", setup: func(c *mtCoord) { c.begin(mtXfer("d1", "a", "b", 1)) },
+			cmd: func(c *mtCoord) *raftv1.Command {
+				return forget(mtDecide("d1", mtCommit, mtYes(c.txn("d1"))[1:]...))
+			}, refused: "branch 0"},
+		{name: "with an abort", setup: func(c *mtCoord) { c.begin(mtXfer("d1", "a", "b", 1)) },
+			cmd:     func(c *mtCoord) *raftv1.Command { return forget(mtAbortCmd("d1", mtInsufficient, "", 0)) },
+			refused: "only with the COMMIT"},
+		{name: "with a hold", setup: func(c *mtCoord) { c.begin(mtPendingXfer("d1", 5, 0)) },
+			cmd:     func(c *mtCoord) *raftv1.Command { return forget(mtDecide("d1", mtHold, mtYes(c.txn("d1"))...)) },
+			refused: "only with the COMMIT"},
+		{name: "commit of a pending txn", setup: func(c *mtCoord) { c.begin(mtPendingXfer("d1", 5, 0)) },
+			cmd: closeCommit, refused: "pending"},
+		{name: "creating the record", setup: func(c *mtCoord) {},
+			cmd: func(c *mtCoord) *raftv1.Command {
+				cmd := forget(mtDecide("d1", mtCommit, &raftv1.Vote{TxnId: "d1", Index: 0, State: mtPrepared},
+					&raftv1.Vote{TxnId: "d1", Index: 1, State: mtPrepared}))
+				cmd.GetDecideTxn().Transfers = []*ledgerv1.Transfer{mtXfer("d1", "a", "b", 1)}
+				return cmd
+			}, refused: "only with the COMMIT"},
+		{name: "unknown", setup: func(c *mtCoord) {},
+			cmd: func(c *mtCoord) *raftv1.Command {
+				return forget(mtDecide("d1", mtCommit, &raftv1.Vote{TxnId: "d1", Index: 0, State: mtPrepared}))
+			}, refused: "unknown txn"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newMTCoord(t)
+			c.begin(mtXfer("other", "a", "b", 1))
+			tc.setup(c)
+			if tc.refused != "" {
+				c.mustRefuse(tc.cmd(c), tc.refused)
+				return
+			}
+			before := c.txn("d1")
+			wasOpen := slices.Contains(c.openIDs(), "d1")
+			n := c.openCount()
+			got := c.decide(tc.cmd(c))
+			if got.Decision != tc.want || got.Forgotten != tc.closed || !proto.Equal(got, c.txn("d1")) {
+				t.Fatalf("got %v (stored %v), want %v closed=%v", got, c.txn("d1"), tc.want, tc.closed)
+			}
+			if before.Decision != mtNone && !tc.closed || before.Forgotten {
+				if !proto.Equal(got, before) {
+					t.Errorf("a decided record changed beyond its closing: %v -> %v", before, got)
+				}
+			}
+			wantOpen, wantCount := []string{"d1", "other"}, n // in key order
+			if tc.closed {
+				wantOpen = []string{"other"}
+				if wasOpen {
+					wantCount--
+				}
+			}
+			if ids := c.openIDs(); !slices.Equal(ids, wantOpen) || c.openCount() != wantCount {
+				t.Errorf("open %v (count %d), want %v (%d)", ids, c.openCount(), wantOpen, wantCount)
+			}
+			// Idempotent: the same command again changes nothing.
+			again := c.decide(tc.cmd(c))
+			if !proto.Equal(again, got) || c.openCount() != wantCount {
+				t.Errorf("again: %v (open count %d)", again, c.openCount())
+			}
+			// A closed record never reopens.
+			if tc.closed {
+				c.advance(time.Hour)
+				c.apply(mtAbortCmd("d1", mtInsufficient, "late", -1))
+				if !proto.Equal(c.txn("d1"), got) {
+					t.Errorf("closed record changed: %v", c.txn("d1"))
+				}
 			}
 		})
 	}

@@ -23,7 +23,9 @@ import (
 // observed on the real records alone:
 //   - a txn's decision never changes, except HOLD -> COMMIT (a post) or HOLD -> ABORT
 //     (a void or expiry);
-//   - COMMIT or HOLD is only set by a DecideTxn carrying a PREPARED vote for every branch;
+//   - COMMIT or HOLD is only set by a DecideTxn carrying a yes vote (PREPARED, or
+//     COMMITTED) for every branch;
+//   - a DecideTxn with forget closes only a commit;
 //   - forgotten txns are decided and never reopen; ReadOpen is the model's open set;
 //   - every post/void id keeps its first outcome.
 // Then the same command log is replayed with other batchings: equal state hashes.
@@ -193,11 +195,12 @@ func pmAnyNo(id string, n int, votes []*raftv1.Vote) bool {
 	return false
 }
 
-// pmAllYes: a PREPARED vote of this txn for every branch index.
+// pmAllYes: a yes vote (PREPARED, or COMMITTED: its router posted it before logging the
+// decision) of this txn for every branch index.
 func pmAllYes(id string, n int, votes []*raftv1.Vote) bool {
 	yes := map[uint32]bool{}
 	for _, v := range votes {
-		if v.GetTxnId() == id && v.GetState() == mtPrepared {
+		if v.GetTxnId() == id && (v.GetState() == mtPrepared || v.GetState() == mtCommittedVote) {
 			yes[v.GetIndex()] = true
 		}
 	}
@@ -211,6 +214,9 @@ func pmAllYes(id string, n int, votes []*raftv1.Vote) bool {
 
 func (m *pmModel) decide(d *raftv1.DecideTxn) pmExpect {
 	x := m.txns[d.GetTxnId()]
+	if d.GetForget() && (d.GetDecision() != mtCommit || len(d.GetTransfers()) > 0) {
+		return pmExpect{refused: true} // forget goes only with the commit of a begun txn
+	}
 	if x == nil {
 		// Presumed abort: an abort of a txn nobody began (an inquiry) is a tombstone,
 		// closed at once.
@@ -223,6 +229,9 @@ func (m *pmModel) decide(d *raftv1.DecideTxn) pmExpect {
 	}
 	e := pmExpect{touched: []string{x.id}}
 	if x.decision != mtNone {
+		if d.GetForget() && x.decision == mtCommit {
+			x.forgotten = true // a commit that stands is closed
+		}
 		return e
 	}
 	switch d.GetDecision() {
@@ -245,6 +254,9 @@ func (m *pmModel) decide(d *raftv1.DecideTxn) pmExpect {
 		return pmExpect{refused: true}
 	}
 	x.decision = d.GetDecision()
+	if d.GetForget() {
+		x.forgotten = true
+	}
 	return e
 }
 
@@ -498,8 +510,10 @@ func (g *pmGen) votes(x *pmTxn, id string) []*raftv1.Vote {
 		}
 	case p < 0.95:
 		vs = nil
-	default: // one vote in another state
+	case p < 0.98: // one vote in another state
 		vs[g.r.IntN(len(vs))].State = raftv1.BranchState_BRANCH_STATE_ABORTED
+	default: // one branch committed already (still a yes)
+		vs[g.r.IntN(len(vs))].State = mtCommittedVote
 	}
 	g.r.Shuffle(len(vs), func(i, j int) { vs[i], vs[j] = vs[j], vs[i] })
 	if len(vs) > 0 && g.chance(0.2) {
@@ -536,6 +550,9 @@ func (g *pmGen) decide() *raftv1.Command {
 		d = raftv1.TxnDecision(g.r.IntN(5) * 2 % 5) // 0, 2, 4, 1, 3: sometimes unknown
 	}
 	c := mtDecide(id, d, g.votes(x, id)...)
+	if d == mtCommit && g.chance(0.25) { // its router committed every branch: decide and close
+		c.GetDecideTxn().Forget = true
+	}
 	if d == mtAbort {
 		dt := c.GetDecideTxn()
 		dt.Status = ledgerv1.TransferStatus(4 + g.r.IntN(6))
@@ -613,7 +630,7 @@ func (g *pmGen) resolve() *ledgerv1.Transfer {
 	switch p := g.r.Float64(); {
 	case p < 0.15:
 		t.Currency = pt.GetCurrency()
-	case p < 0.22:
+	case p < 0.3: // often enough that every seed reaches a held txn with it
 		t.Currency = "JPY"
 	}
 	switch p := g.r.Float64(); {
@@ -709,16 +726,22 @@ func (p *pmRun) observe(id string, cmd *raftv1.Command, res *raftv1.CommandResul
 	if now.forgotten && now.decision != mtCommit && now.decision != mtAbort {
 		p.fatalf("txn %s forgotten while %v", id, now.decision)
 	}
+	if d := cmd.GetDecideTxn(); d != nil && d.GetTxnId() == id && now.forgotten && known && !old.forgotten {
+		// Closed by a decision: only a commit carrying forget closes a begun record.
+		if !d.GetForget() || now.decision != mtCommit {
+			p.fatalf("txn %s closed by %v", id, d)
+		}
+	}
 	if (now.decision == mtCommit || now.decision == mtHold) && (!known || old.decision == mtNone) {
-		// Set by this command: it must be the DecideTxn of this txn with a PREPARED vote
-		// for every branch.
+		// Set by this command: it must be the DecideTxn of this txn with a yes vote for
+		// every branch.
 		d := cmd.GetDecideTxn()
 		if d == nil || d.GetTxnId() != id || d.GetDecision() != now.decision {
 			p.fatalf("txn %s became %v by %v", id, now.decision, cmd)
 		}
 		yes := map[uint32]bool{}
 		for _, v := range d.GetVotes() {
-			if v.GetTxnId() == id && v.GetState() == mtPrepared {
+			if v.GetTxnId() == id && (v.GetState() == mtPrepared || v.GetState() == mtCommittedVote) {
 				yes[v.GetIndex()] = true
 			}
 		}
@@ -955,6 +978,9 @@ func pmKind(c *raftv1.Command, r *raftv1.CommandResult) string {
 			return "begin reused"
 		}
 	case *raftv1.Command_DecideTxn:
+		if op.DecideTxn.GetForget() && r.GetTxn().GetForgotten() {
+			return "decide and close " + r.GetTxn().GetDecision().String()
+		}
 		return "decide " + r.GetTxn().GetDecision().String()
 	case *raftv1.Command_ResolvePending:
 		if op.ResolvePending.GetTransfer().GetPostPendingId() != "" {
@@ -973,6 +999,7 @@ func pmCoverage(t *testing.T, stats map[string]int) {
 	for _, k := range []string{
 		"begin new", "begin existed", "begin reused", "*raftv1.Command_BeginTxn refused",
 		"decide TXN_DECISION_COMMIT", "decide TXN_DECISION_ABORT", "decide TXN_DECISION_HOLD",
+		"decide and close TXN_DECISION_COMMIT",
 		"*raftv1.Command_DecideTxn refused", "*raftv1.Command_ForgetTxn", "*raftv1.Command_ForgetTxn refused",
 		"*raftv1.Command_ResolvePending refused", "expire",
 		"post TRANSFER_STATUS_CREATED", "post TRANSFER_STATUS_EXISTS", "post TRANSFER_STATUS_ID_REUSED",

@@ -82,6 +82,14 @@ type Options struct {
 	// AfterDecision, for tests: runs once a cross-shard transaction is decided, before
 	// the client is answered; an error replaces the answer (a lost response).
 	AfterDecision func(txnID string) error
+	// BeforeFinish, for tests: runs after the answer, before the router commits the
+	// branches of a transaction it answered as committed; an error leaves them to the
+	// coordinator's driver (the plain decision is logged, as a router without room does).
+	BeforeFinish func(txnID string) error
+	// BeforeClose, for tests: runs once those branches are committed, before the
+	// decision and the forget are logged; an error logs nothing (the router "dies"
+	// there: the driver recovers the transaction after the router's deadline).
+	BeforeClose func(txnID string) error
 	// Now is the proposer's clock (time enters the log only here).
 	Now    func() time.Time
 	Logger *slog.Logger
@@ -138,7 +146,7 @@ type Router struct {
 	refreshMu  sync.Mutex
 	txns       *semaphore.Weighted // cross-shard transaction slots (TxnInflightMax)
 	txnsQueued atomic.Int64        // cross-shard transactions waiting for slots
-	decisions  chan struct{}       // commit decisions being logged after the answer
+	finishing  chan struct{}       // committed transactions being finished after the answer
 
 	mu     sync.Mutex
 	queues map[uint64]*shardQueue
@@ -158,7 +166,7 @@ func New(backends []Backend, opts Options) (*Router, error) {
 	opts.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Router{opts: opts, backends: backends, log: opts.Logger, queues: map[uint64]*shardQueue{},
-		pref: map[uint64]int{}, decisions: make(chan struct{}, opts.TxnInflightMax), ctx: ctx, cancel: cancel,
+		pref: map[uint64]int{}, finishing: make(chan struct{}, opts.TxnInflightMax), ctx: ctx, cancel: cancel,
 		txns: semaphore.NewWeighted(int64(opts.TxnInflightMax))}, nil
 }
 

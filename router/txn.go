@@ -197,12 +197,14 @@ func (r *Router) releaseTxns(n int) { r.txns.Release(int64(n)) }
 // Parallel commits: the router logs each transaction's Begin in its coordinator group
 // and, at the same time, prepares every branch of every transaction (one command per
 // shard for the whole request). A transaction begun with every branch prepared is
-// committed: the router answers then, after one round, and logs the COMMIT decision in
-// the background. Nobody can log an abort for it any more: the coordinator takes an
-// abort only with a vote showing a branch refused or aborted, and a prepared branch
-// stays prepared until the decision. If the router dies first, the coordinator's
-// driver (after DriverOptions.RecoverAfter) or a participant's inquiry prepares every
-// branch again and logs what their stored states call for: the same commit.
+// committed: the router answers then, after one round. Nobody can log an abort for it
+// any more: the coordinator takes an abort only with a vote showing a branch refused or
+// aborted, and a prepared branch stays prepared until it is committed or aborted by
+// the decision. So the router, in the background, commits the branches at once and
+// then logs the decision and closes the record in one command (finishCommits). If the
+// router dies first, the coordinator's driver (after DriverOptions.RecoverAfter and
+// the router's deadline) or a participant's inquiry prepares every branch again and
+// logs what their stored states call for (PREPARED or COMMITTED): the same commit.
 //
 // Two-phase (pending) transfers take two rounds: the prepares, then the HOLD decision
 // with the transfers (presumed abort: no Begin), since a post must find it decided.
@@ -270,6 +272,7 @@ func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*le
 	}
 	begins.Wait()
 	k := 0
+	finish := make([]*raftv1.DecideTxn, len(chains))
 	for _, i := range txns {
 		mine := votes[k : k+len(branches[i])]
 		k += len(branches[i])
@@ -279,17 +282,26 @@ func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*le
 			if chains[i][0].GetPending() {
 				out[i], errs[i] = r.decide(ctx, m, chains[i], branches[i], mine)
 			} else {
-				out[i], errs[i] = r.commitBegun(ctx, m, chains[i], branches[i], mine, begun[i], beginErr[i])
+				out[i], errs[i] = r.commitBegun(ctx, m, chains[i], branches[i], mine, begun[i], beginErr[i], &finish[i])
 			}
 		}()
 	}
 	wg.Wait()
+	var done []finishing
+	for i, dec := range finish {
+		if dec != nil {
+			done = append(done, finishing{group: coordinator.GroupOf(dec.TxnId, m.CoordinatorGroups), dec: dec, branches: branches[i]})
+		}
+	}
+	r.finishCommits(done)
 	return out, errs
 }
 
-// commitBegun answers a transaction whose Begin and prepares have come back.
+// commitBegun answers a transaction whose Begin and prepares have come back. A
+// transaction it answers as committed with no decision logged yet is left in *finish
+// (its commit decision) for finishCommits.
 func (r *Router) commitBegun(ctx context.Context, m *raftv1.ShardMap, chain []*ledgerv1.Transfer, branches []*raftv1.Branch,
-	votes []*raftv1.Vote, res *raftv1.CommandResult, beginErr error) ([]*ledgerv1.TransferResult, error) {
+	votes []*raftv1.Vote, res *raftv1.CommandResult, beginErr error, finish **raftv1.DecideTxn) ([]*ledgerv1.TransferResult, error) {
 	txnID := chain[0].GetId()
 	group := coordinator.GroupOf(txnID, m.CoordinatorGroups)
 	if beginErr != nil {
@@ -311,9 +323,10 @@ func (r *Router) commitBegun(ctx context.Context, m *raftv1.ShardMap, chain []*l
 			return nil, err
 		}
 		if dec.Decision == raftv1.TxnDecision_TXN_DECISION_COMMIT {
-			// Begun, every branch prepared: committed. The decision is logged after the
-			// answer; a driver or an inquiry logs the same one if this router cannot.
-			r.logDecision(group, dec)
+			// Begun, every branch prepared: committed. The branches are committed and the
+			// decision logged after the answer; a driver or an inquiry logs the same
+			// decision if this router cannot.
+			*finish = dec
 			if h := r.opts.AfterDecision; h != nil {
 				if err := h(txnID); err != nil {
 					return nil, err
@@ -379,23 +392,112 @@ func committed(chain []*ledgerv1.Transfer, existed bool) []*ledgerv1.TransferRes
 	return out
 }
 
-// logDecision logs a commit the router has already answered, in the background, with
-// at most DecisionsInflightMax under way; past that (or on failure) the coordinator's
-// driver logs it after DriverOptions.RecoverAfter.
-func (r *Router) logDecision(group uint64, dec *raftv1.DecideTxn) {
-	select {
-	case r.decisions <- struct{}{}:
-	default:
+// finishing is a transaction answered as committed, to be finished in the background.
+type finishing struct {
+	group    uint64
+	dec      *raftv1.DecideTxn // its COMMIT decision (the prepare votes)
+	branches []*raftv1.Branch
+}
+
+// finishCommits finishes, in the background, the transactions of a request that the
+// router answered as committed with no decision logged: one branch command per shard
+// commits every branch of them, then each transaction whose branches all acknowledged
+// gets its decision and its forget in one command (DecideTxn.forget): two commands per
+// transaction where the decision, the driver's commits and its forget took three, and
+// no work for the coordinator's driver. A transaction whose branches did not all
+// acknowledge gets the plain decision; the driver commits its branches. At most
+// TxnInflightMax transactions are finished at once; past that, or when the decision
+// cannot be logged, the driver recovers the transaction after its router's deadline
+// (its branches' stored states call for the same commit).
+func (r *Router) finishCommits(fs []finishing) {
+	n := 0
+	for _, f := range fs {
+		select {
+		case r.finishing <- struct{}{}:
+			fs[n] = f
+			n++
+		default:
+		}
+	}
+	fs = fs[:n]
+	if len(fs) == 0 {
 		return
 	}
 	go func() {
-		defer func() { <-r.decisions }()
+		defer func() {
+			for range fs {
+				<-r.finishing
+			}
+		}()
 		ctx, cancel := context.WithTimeout(withBackground(r.ctx), r.opts.RequestTimeout)
 		defer cancel()
-		if _, err := r.exec(ctx, group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: dec}}, 1); err != nil {
-			r.log.Debug("log commit decision; the coordinator's driver will", "txn", dec.TxnId, "err", err)
+		committed := r.commitFinished(ctx, fs)
+		var wg sync.WaitGroup
+		for i, f := range fs {
+			if committed[i] {
+				if h := r.opts.BeforeClose; h != nil && h(f.dec.TxnId) != nil {
+					continue
+				}
+				f.dec.Forget = true
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				res, err := r.exec(ctx, f.group, &raftv1.Command{Op: &raftv1.Command_DecideTxn{DecideTxn: f.dec}}, 1)
+				switch {
+				case err != nil:
+					r.log.Debug("log commit decision; the coordinator's driver will", "txn", f.dec.TxnId, "err", err)
+				case res.GetTxn().GetDecision() != raftv1.TxnDecision_TXN_DECISION_COMMIT:
+					// A committed transaction with another decision standing is a protocol bug.
+					r.log.Error("a transaction answered as committed has another decision", "txn", f.dec.TxnId,
+						"decision", res.GetTxn().GetDecision(), "message", res.GetMessage())
+				}
+			}()
 		}
+		wg.Wait()
 	}()
+}
+
+// commitFinished commits the branches of the transactions fs (one command per shard)
+// and tells which transactions had every branch acknowledge.
+func (r *Router) commitFinished(ctx context.Context, fs []finishing) []bool {
+	ok := make([]bool, len(fs))
+	var refs []*raftv1.BranchRef
+	var owner []int
+	for i, f := range fs {
+		if h := r.opts.BeforeFinish; h != nil && h(f.dec.TxnId) != nil {
+			continue
+		}
+		ok[i] = true
+		for _, b := range f.branches {
+			refs = append(refs, &raftv1.BranchRef{TxnId: b.TxnId, Index: b.Index, AccountId: b.AccountId})
+			owner = append(owner, i)
+		}
+	}
+	if len(refs) == 0 {
+		return ok
+	}
+	votes, err := r.ResolveBranches(ctx, refs, true)
+	if err != nil {
+		r.log.Debug("commit branches after the answer; the coordinator's driver will", "branches", len(refs), "err", err)
+	}
+	for k, i := range owner {
+		var v *raftv1.Vote
+		if k < len(votes) {
+			v = votes[k]
+		}
+		if v.GetState() != raftv1.BranchState_BRANCH_STATE_COMMITTED {
+			ok[i] = false
+			if v != nil {
+				// A branch of a committed transaction that cannot commit is a protocol
+				// bug: the plain decision leaves it to the driver, which keeps the
+				// transaction open (in doubt, visible to operators).
+				r.log.Error("a branch of a committed transaction did not commit", "txn", v.GetTxnId(),
+					"branch", v.GetIndex(), "state", v.GetState(), "message", v.GetMessage())
+			}
+		}
+	}
+	return ok
 }
 
 // resolvePending posts or voids a cross-shard pending transfer through its coordinator.

@@ -245,7 +245,12 @@ func TestCoordinatorLeaderKilledBeforeDecision(t *testing.T) {
 func TestCoordinatorLeaderKilledAfterDecision(t *testing.T) {
 	var victim atomic.Uint64
 	reached := make(chan string, 1)
-	fc := startFaultCluster(t, func(c *Config) { c.AgentsFor = killHook(&victim, reached) })
+	fc := startFaultCluster(t, func(c *Config) {
+		c.AgentsFor = killHook(&victim, reached)
+		// The router leaves every commit to the driver (as it does without room to
+		// finish them itself), so the driver holds some when its node is killed.
+		c.Router.BeforeFinish = func(string) error { return errors.New("left to the driver (test)") }
+	})
 	l := startLoad(t, fc.testCluster, "k", 6)
 	l.waitAcked(t, 50)
 	leader := fc.leaderOf(t, meta.CoordinatorGroupBase)
@@ -543,6 +548,106 @@ func TestSlowRouterKeepsItsTransactions(t *testing.T) {
 	}
 	if _, ok := recovered.Load("slow-1"); ok {
 		t.Fatal("the driver recovered the slow router's transaction after all")
+	}
+}
+
+// TestRouterFinishesCommits: a router commits the branches of the transactions it
+// answered and closes their records itself (decision and forget in one command), with
+// no work for the coordinator's driver. A router that dies after committing the
+// branches, before closing the record, leaves it to the driver after its deadline: the
+// branches' COMMITTED states call for the commit. A router that cannot commit them
+// logs the plain decision and the driver commits them.
+func TestRouterFinishesCommits(t *testing.T) {
+	const requestTimeout = 3 * time.Second
+	var decided, resolved sync.Map // txn id -> when the driver decided / resolved it
+	fc := startFaultCluster(t, func(c *Config) {
+		c.Router.RequestTimeout = requestTimeout
+		c.Router.BeforeFinish = func(txnID string) error {
+			if strings.HasPrefix(txnID, "nofinish-") {
+				return errors.New("no room to finish (test)")
+			}
+			return nil
+		}
+		c.Router.BeforeClose = func(txnID string) error {
+			if strings.HasPrefix(txnID, "closedead-") {
+				return errors.New("router died after committing the branches (test)")
+			}
+			return nil
+		}
+		c.Agents = AgentOptions{
+			Driver: coordinator.DriverOptions{Tick: 10 * time.Millisecond, RecoverAfter: 200 * time.Millisecond,
+				Hooks: coordinator.Hooks{
+					BeforeDecide:  func(_ context.Context, txnID string) { decided.LoadOrStore(txnID, time.Now()) },
+					BeforeResolve: func(_ context.Context, txnID string) { resolved.LoadOrStore(txnID, time.Now()) },
+				}},
+			Resolver: coordinator.ResolverOptions{InquireAfter: time.Minute, Interval: 100 * time.Millisecond},
+		}
+	})
+	a, b := idsOnShard("rfc-a", 2, 1)[0], idsOnShard("rfc-b", 4, 1)[0]
+	createAccounts(t, fc.client, []string{a, b}, false)
+	send := func(id string, amount uint64) time.Time {
+		t.Helper()
+		start := time.Now()
+		res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+			Transfers: []*ledgerv1.Transfer{transfer(id, a, b, amount)}}))
+		if err != nil || res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED {
+			t.Fatalf("%s: %v %v", id, res, err)
+		}
+		return start
+	}
+	waitPosted := func(debits uint64) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			accs := getAccounts(t, fc.client, []string{a, b})
+			if accs[a].DebitsPosted == debits && accs[b].CreditsPosted == debits && accs[a].DebitsPending == 0 && accs[b].CreditsPending == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("want %d posted and nothing pending: %v %v", debits, accs[a], accs[b])
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	send("fin-1", 5)
+	waitQuiescent(t, fc.testCluster) // closed: nothing open, nothing prepared
+	waitPosted(5)
+	for _, m := range []*sync.Map{&decided, &resolved} {
+		if _, ok := m.Load("fin-1"); ok {
+			t.Fatal("the driver worked on a transaction its router finished")
+		}
+	}
+
+	send("nofinish-1", 7)
+	waitQuiescent(t, fc.testCluster)
+	waitPosted(12)
+	if _, ok := resolved.Load("nofinish-1"); !ok {
+		t.Fatal("the driver did not commit the branches its router left to it")
+	}
+
+	start := send("closedead-1", 11)
+	waitPosted(23) // the branches are committed at once, before anything is logged
+	var v any
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var ok bool
+		if v, ok = decided.Load("closedead-1"); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the driver never decided the transaction its router left undecided")
+		}
+	}
+	waitQuiescent(t, fc.testCluster)
+	if waited := v.(time.Time).Sub(start); waited < requestTimeout {
+		t.Fatalf("the driver recovered the transaction %v after the request started, before the router's deadline (%v)", waited, requestTimeout)
+	}
+	waitPosted(23) // committed once
+	for _, id := range []string{"fin-1", "nofinish-1", "closedead-1"} {
+		gt, err := fc.client.GetTransfers(context.Background(), connect.NewRequest(&ledgerv1.GetTransfersRequest{Ids: []string{id}}))
+		if err != nil || len(gt.Msg.Transfers) != 1 {
+			t.Fatalf("%s is not readable as a committed transfer: %v %v", id, gt, err)
+		}
 	}
 }
 

@@ -731,7 +731,14 @@ type DecideTxn struct {
 	FailedIndex int32 `protobuf:"varint,6,opt,name=failed_index,json=failedIndex,proto3" json:"failed_index,omitempty"`
 	// The transaction's transfers (a single transfer or a linked chain), when the
 	// decision creates the record.
-	Transfers     []*v1.Transfer `protobuf:"bytes,7,rep,name=transfers,proto3" json:"transfers,omitempty"`
+	Transfers []*v1.Transfer `protobuf:"bytes,7,rep,name=transfers,proto3" json:"transfers,omitempty"`
+	// With COMMIT of a begun transaction: the proposer has committed every branch (a
+	// begun transaction with every branch prepared is committed, so its router may post
+	// the branches before the decision is logged), so the record is closed at once, as
+	// ForgetTxn would close it: one command instead of a decision and a forget, and
+	// nothing left for the coordinator's driver. A record already decided COMMIT is
+	// closed; any other decision that stands is returned unchanged.
+	Forget        bool `protobuf:"varint,8,opt,name=forget,proto3" json:"forget,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -813,6 +820,13 @@ func (x *DecideTxn) GetTransfers() []*v1.Transfer {
 		return x.Transfers
 	}
 	return nil
+}
+
+func (x *DecideTxn) GetForget() bool {
+	if x != nil {
+		return x.Forget
+	}
+	return false
 }
 
 // ForgetTxn closes a decided transaction once every branch acknowledged its resolution.
@@ -2966,7 +2980,7 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\bBeginTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x121\n" +
 	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\x129\n" +
-	"\x19router_deadline_unix_nano\x18\x03 \x01(\x03R\x16routerDeadlineUnixNano\"\xaa\x02\n" +
+	"\x19router_deadline_unix_nano\x18\x03 \x01(\x03R\x16routerDeadlineUnixNano\"\xc2\x02\n" +
 	"\tDecideTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x127\n" +
 	"\bdecision\x18\x02 \x01(\x0e2\x1b.ledger.raft.v1.TxnDecisionR\bdecision\x12*\n" +
@@ -2974,7 +2988,8 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\x06status\x18\x04 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x12\x18\n" +
 	"\amessage\x18\x05 \x01(\tR\amessage\x12!\n" +
 	"\ffailed_index\x18\x06 \x01(\x05R\vfailedIndex\x121\n" +
-	"\ttransfers\x18\a \x03(\v2\x13.ledger.v1.TransferR\ttransfers\"D\n" +
+	"\ttransfers\x18\a \x03(\v2\x13.ledger.v1.TransferR\ttransfers\x12\x16\n" +
+	"\x06forget\x18\b \x01(\bR\x06forget\"D\n" +
 	"\tForgetTxn\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x12 \n" +
 	"\fmore_txn_ids\x18\x02 \x03(\tR\n" +
