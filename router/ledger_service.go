@@ -252,11 +252,14 @@ func (r *Router) CreateTransfers(ctx context.Context, req *connect.Request[ledge
 			local = append(local, u)
 		}
 	}
+	// kept: slots of transactions answered as committed, which the router finishes
+	// after the answer and releases then.
+	kept := 0
 	if len(cross) > 0 {
 		if err := r.reserveTxns(ctx, len(cross)); err != nil {
 			return nil, err
 		}
-		defer r.releaseTxns(len(cross))
+		defer func() { r.releaseTxns(len(cross) - kept) }()
 	}
 	results := make([]*ledgerv1.TransferResult, len(ts))
 	var (
@@ -275,9 +278,10 @@ func (r *Router) CreateTransfers(ctx context.Context, req *connect.Request[ledge
 					chains[c][k] = ts[i]
 				}
 			}
-			res, errs := r.runTxns(ctx, m, chains)
+			res, errs, finishing := r.runTxns(ctx, m, chains)
 			mu.Lock()
 			defer mu.Unlock()
+			kept = finishing
 			for c, u := range cross {
 				if errs[c] != nil {
 					if crossErr == nil {

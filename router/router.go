@@ -59,7 +59,9 @@ type Options struct {
 	// group proposes one entry per round: proposed alone, follow-up work made the next
 	// transaction's Begin and prepares wait a round behind it. 0: the default; < 0: none.
 	BackgroundLinger time.Duration
-	// TxnInflightMax bounds the cross-shard transactions this router waits on at once.
+	// TxnInflightMax bounds the cross-shard transactions this router has under way:
+	// running, or answered and being finished (their branches committed, their records
+	// closed).
 	// A request whose transactions do not fit waits for room, first come first served
 	// (at most TxnAdmitWaitMax, and TxnQueuedMax transactions wait at most); past
 	// either: resource_exhausted, nothing applied. (Refusing at once made big batches
@@ -146,7 +148,6 @@ type Router struct {
 	refreshMu  sync.Mutex
 	txns       *semaphore.Weighted // cross-shard transaction slots (TxnInflightMax)
 	txnsQueued atomic.Int64        // cross-shard transactions waiting for slots
-	finishing  chan struct{}       // committed transactions being finished after the answer
 
 	mu     sync.Mutex
 	queues map[uint64]*shardQueue
@@ -166,7 +167,7 @@ func New(backends []Backend, opts Options) (*Router, error) {
 	opts.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Router{opts: opts, backends: backends, log: opts.Logger, queues: map[uint64]*shardQueue{},
-		pref: map[uint64]int{}, finishing: make(chan struct{}, opts.TxnInflightMax), ctx: ctx, cancel: cancel,
+		pref: map[uint64]int{}, ctx: ctx, cancel: cancel,
 		txns: semaphore.NewWeighted(int64(opts.TxnInflightMax))}, nil
 }
 

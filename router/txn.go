@@ -208,14 +208,18 @@ func (r *Router) releaseTxns(n int) { r.txns.Release(int64(n)) }
 //
 // Two-phase (pending) transfers take two rounds: the prepares, then the HOLD decision
 // with the transfers (presumed abort: no Begin), since a post must find it decided.
-func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*ledgerv1.Transfer) ([][]*ledgerv1.TransferResult, []error) {
+//
+// It returns how many of the chains are being finished after the answer: the caller's
+// transaction slots (reserveTxns) for those are released by finishCommits, once they
+// are finished, so that work stays within TxnInflightMax too.
+func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*ledgerv1.Transfer) ([][]*ledgerv1.TransferResult, []error, int) {
 	out := make([][]*ledgerv1.TransferResult, len(chains))
 	errs := make([]error, len(chains))
 	if len(m.CoordinatorGroups) == 0 {
 		for i := range errs {
 			errs[i] = connect.NewError(connect.CodeFailedPrecondition, errors.New("the cluster has no coordinator group"))
 		}
-		return out, errs
+		return out, errs, 0
 	}
 	var wg sync.WaitGroup
 	// Posts and voids of held transactions are decided by the coordinator alone.
@@ -294,7 +298,7 @@ func (r *Router) runTxns(ctx context.Context, m *raftv1.ShardMap, chains [][]*le
 		}
 	}
 	r.finishCommits(done)
-	return out, errs
+	return out, errs, len(done)
 }
 
 // commitBegun answers a transaction whose Begin and prepares have come back. A
@@ -405,30 +409,17 @@ type finishing struct {
 // gets its decision and its forget in one command (DecideTxn.forget): two commands per
 // transaction where the decision, the driver's commits and its forget took three, and
 // no work for the coordinator's driver. A transaction whose branches did not all
-// acknowledge gets the plain decision; the driver commits its branches. At most
-// TxnInflightMax transactions are finished at once; past that, or when the decision
-// cannot be logged, the driver recovers the transaction after its router's deadline
-// (its branches' stored states call for the same commit).
+// acknowledge gets the plain decision; the driver commits its branches. When the
+// decision cannot be logged, the driver recovers the transaction after its router's
+// deadline (its branches' stored states call for the same commit). Each transaction
+// keeps its slot (reserveTxns) until it is finished: under overload new requests wait
+// for the follow-up work of the answered ones instead of starving it.
 func (r *Router) finishCommits(fs []finishing) {
-	n := 0
-	for _, f := range fs {
-		select {
-		case r.finishing <- struct{}{}:
-			fs[n] = f
-			n++
-		default:
-		}
-	}
-	fs = fs[:n]
 	if len(fs) == 0 {
 		return
 	}
 	go func() {
-		defer func() {
-			for range fs {
-				<-r.finishing
-			}
-		}()
+		defer r.releaseTxns(len(fs))
 		ctx, cancel := context.WithTimeout(withBackground(r.ctx), r.opts.RequestTimeout)
 		defer cancel()
 		committed := r.commitFinished(ctx, fs)

@@ -651,6 +651,52 @@ func TestRouterFinishesCommits(t *testing.T) {
 	}
 }
 
+// TestFinishingKeepsItsSlot: a transaction answered as committed keeps its router slot
+// (TxnInflightMax) until the router has finished it, so under overload new requests
+// wait for that follow-up work instead of starving it.
+func TestFinishingKeepsItsSlot(t *testing.T) {
+	release := make(chan struct{})
+	fc := startFaultCluster(t, func(c *Config) {
+		c.Router.TxnInflightMax = 1
+		c.Router.TxnAdmitWaitMax = 300 * time.Millisecond
+		c.Router.BeforeFinish = func(txnID string) error {
+			if txnID == "held-1" {
+				<-release
+			}
+			return nil
+		}
+	})
+	a, b := idsOnShard("fks-a", 2, 1)[0], idsOnShard("fks-b", 4, 1)[0]
+	createAccounts(t, fc.client, []string{a, b}, false)
+	send := func(id string) error {
+		res, err := fc.client.CreateTransfers(context.Background(), connect.NewRequest(&ledgerv1.CreateTransfersRequest{
+			Transfers: []*ledgerv1.Transfer{transfer(id, a, b, 1)}}))
+		if err == nil && res.Msg.Results[0].Status != ledgerv1.TransferStatus_TRANSFER_STATUS_CREATED {
+			t.Fatalf("%s: %v", id, res.Msg.Results[0])
+		}
+		return err
+	}
+	if err := send("held-1"); err != nil {
+		t.Fatalf("held-1: %v", err)
+	}
+	if err := send("next-1"); connect.CodeOf(err) != connect.CodeResourceExhausted {
+		t.Fatalf("a request while the only slot is finishing: want resource_exhausted, got %v", err)
+	}
+	close(release)
+	deadline := time.Now().Add(20 * time.Second)
+	for send("next-2") != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the slot never came back after the finishing")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitQuiescent(t, fc.testCluster)
+	accs := getAccounts(t, fc.client, []string{a, b})
+	if accs[a].DebitsPosted != 2 || accs[b].CreditsPosted != 2 {
+		t.Fatalf("want held-1 and next-2 posted, next-1 not: %v %v", accs[a], accs[b])
+	}
+}
+
 // TestIntraShardPendingExpiresByItself: nobody touches an expired intra-shard pending
 // transfer; the shard leader's resolver releases it.
 func TestIntraShardPendingExpiresByItself(t *testing.T) {
