@@ -404,6 +404,10 @@ func (a *Applier) decide(d *raftv1.DecideTxn) (*raftv1.CommandResult, error) {
 	case len(ts) > 0 && !tombstone(rec) && !sameTransfers(rec.Transfers, ts):
 		return reused(ts, rec), nil
 	}
+	if d.GetForget() && !tombstone(rec) && rec.Transfers[0].GetPending() {
+		// A two-phase transaction is closed by its post or void, through the driver.
+		return refuse("txn %q: forget does not go with a pending (two-phase) transaction", rec.TxnId), nil
+	}
 	if rec.Decision != decNone {
 		// Conditional: the first decision stands; the caller reads it in the result. A
 		// commit that stands is closed when the proposer says every branch committed.

@@ -841,6 +841,10 @@ func TestDecideAndForget(t *testing.T) {
 			refused: "only with the COMMIT"},
 		{name: "commit of a pending txn", setup: func(c *mtCoord) { c.begin(mtPendingXfer("d1", 5, 0)) },
 			cmd: closeCommit, refused: "pending"},
+		{name: "posted pending txn (closed by its driver, not by a forget)", setup: func(c *mtCoord) {
+			c.hold(mtPendingXfer("d1", 5, 0))
+			c.resolve(mtPost("dp", "d1", 0))
+		}, cmd: closeCommit, refused: "pending"},
 		{name: "creating the record", setup: func(c *mtCoord) {},
 			cmd: func(c *mtCoord) *raftv1.Command {
 				cmd := forget(mtDecide("d1", mtCommit, &raftv1.Vote{TxnId: "d1", Index: 0, State: mtPrepared},

@@ -227,6 +227,9 @@ func (m *pmModel) decide(d *raftv1.DecideTxn) pmExpect {
 		m.txns[x.id] = x // not in m.order: the generator draws chains from there
 		return pmExpect{touched: []string{x.id}}
 	}
+	if d.GetForget() && x.pending {
+		return pmExpect{refused: true} // a two-phase txn is closed by its post or void
+	}
 	e := pmExpect{touched: []string{x.id}}
 	if x.decision != mtNone {
 		if d.GetForget() && x.decision == mtCommit {

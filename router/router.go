@@ -86,7 +86,7 @@ type Options struct {
 	AfterDecision func(txnID string) error
 	// BeforeFinish, for tests: runs after the answer, before the router commits the
 	// branches of a transaction it answered as committed; an error leaves them to the
-	// coordinator's driver (the plain decision is logged, as a router without room does).
+	// coordinator's driver (the plain decision is logged, as when a branch command fails).
 	BeforeFinish func(txnID string) error
 	// BeforeClose, for tests: runs once those branches are committed, before the
 	// decision and the forget are logged; an error logs nothing (the router "dies"
