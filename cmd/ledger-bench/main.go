@@ -5,6 +5,8 @@
 //	                   cluster at --addr, the engine ceiling, or PostgreSQL)
 //	ledger-bench suite everything, one target at a time; writes RESULTS.md, results.json
 //	                   and SVG charts
+//	ledger-bench visibility
+//	                   how long after its answer a transfer shows as posted (one client)
 package main
 
 import (
@@ -37,6 +39,8 @@ func main() {
 		err = runOne(ctx, os.Args[2:])
 	case "suite":
 		err = runSuite(ctx, os.Args[2:])
+	case "visibility":
+		err = runVisibility(ctx, os.Args[2:])
 	case "-h", "--help", "help":
 		usage()
 		return
@@ -58,7 +62,55 @@ func usage() {
   ledger-bench suite [--out DIR] [--quick] [--mode dev|multi] [--ledgerd PATH] [--accounts N]
                      [--big-accounts N] [--concurrency N] [--batch N] [--batch-concurrency N]
                      [--duration D] [--warmup D] [--repeats N] [--skip-postgres] [--skip-engine]
+  ledger-bench visibility [--target dev|multi] [--addr URL] [--ledgerd PATH] [--transfers N]
+                     [--cross=false] [--json FILE]
 `)
+}
+
+// runVisibility measures, with one client and no other load, how long after its answer
+// a transfer shows as posted on both of its accounts.
+func runVisibility(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("visibility", flag.ExitOnError)
+	target := fs.String("target", "dev", "dev or multi (start a ledger cluster); ignored with --addr")
+	addr := fs.String("addr", "", "a running ledger's API address (e.g. http://localhost:8080)")
+	bin := fs.String("ledgerd", "", "ledgerd binary (default: build ./cmd/ledgerd)")
+	n := fs.Int("transfers", 300, "transfers, one at a time")
+	cross := fs.Bool("cross", true, "cross-shard transfers (false: intra-shard)")
+	jsonOut := fs.String("json", "", "write the result as JSON to this file")
+	_ = fs.Parse(args)
+	opts := bench.LedgerOptions{Addr: *addr}
+	if *addr == "" {
+		if *target != "dev" && *target != "multi" {
+			return fmt.Errorf("unknown target %q", *target)
+		}
+		b, cleanup, err := ledgerd(ctx, *bin)
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		opts = bench.LedgerOptions{Mode: *target, Binary: b}
+	}
+	l, err := bench.StartLedger(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	res, err := l.Visibility(ctx, *n, *cross)
+	if err != nil {
+		return err
+	}
+	fmt.Print(res.Markdown())
+	if *jsonOut != "" {
+		f, err := os.Create(*jsonOut)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		enc := json.NewEncoder(f)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	return nil
 }
 
 // ledgerd returns the binary to start: the flag's, or one built from this module.
