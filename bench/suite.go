@@ -245,8 +245,9 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 	return rep, nil
 }
 
-// IdleCores is the CPU below which a cluster counts as idle (an idle dev cluster uses
-// about 0.05 cores: heartbeats).
+// IdleCores is the CPU per ledgerd process below which a cluster counts as idle (an
+// idle dev cluster, one process, uses about 0.05 cores: heartbeats; an idle
+// multi-process cluster about 0.07 in each of its three).
 const IdleCores = 0.15
 
 func suiteBig(ctx context.Context, o SuiteOptions, rep *Report) error {
@@ -266,7 +267,7 @@ func suiteBig(ctx context.Context, o SuiteOptions, rep *Report) error {
 		return err
 	}
 	if idle {
-		rep.AddNote("after creating them the cluster went idle (under %.2f cores of CPU over %v) in %v; %s measured then", IdleCores, o.IdleWindow, waited.Round(time.Second), LedgerIntraBig)
+		rep.AddNote("after creating them the cluster went idle (under %.2f cores of CPU per ledgerd process over %v) in %v; %s measured then", IdleCores, o.IdleWindow, waited.Round(time.Second), LedgerIntraBig)
 	} else {
 		rep.AddNote("after creating them the cluster was still busy %v later; %s measured anyway", waited.Round(time.Second), LedgerIntraBig)
 	}
