@@ -18,11 +18,7 @@ func TestSuiteSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: builds ledgerd and runs every target")
 	}
-	_, file, _, _ := runtime.Caller(0)
-	bin, err := BuildLedgerd(context.Background(), filepath.Dir(filepath.Dir(file)), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildTestLedgerd(t)
 	o := SuiteOptions{Ledgerd: bin, Accounts: 500, Concurrency: 16, Batch: 20, BatchConcurrency: 2,
 		Duration: time.Second, Warmup: 300 * time.Millisecond, CrossSweep: []float64{0.5}, LoadFractions: []float64{0.5},
 		SkipPostgres: !PostgresAvailable(), Command: "go test ./bench -run TestSuiteSmoke",
@@ -82,4 +78,15 @@ func TestSuiteSmoke(t *testing.T) {
 		}
 	}
 	_ = os.Stdout
+}
+
+// buildTestLedgerd builds ./cmd/ledgerd of this module into the test's temp dir.
+func buildTestLedgerd(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	bin, err := BuildLedgerd(context.Background(), filepath.Dir(filepath.Dir(file)), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }

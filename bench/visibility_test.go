@@ -2,8 +2,6 @@ package bench
 
 import (
 	"context"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -26,11 +24,7 @@ func TestVisibility(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: builds ledgerd and starts a dev cluster")
 	}
-	_, file, _, _ := runtime.Caller(0)
-	bin, err := BuildLedgerd(context.Background(), filepath.Dir(filepath.Dir(file)), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildTestLedgerd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	l, err := StartLedger(ctx, LedgerOptions{Mode: "dev", Binary: bin})

@@ -101,16 +101,24 @@ func runVisibility(ctx context.Context, args []string) error {
 	}
 	fmt.Print(res.Markdown())
 	if *jsonOut != "" {
-		f, err := os.Create(*jsonOut)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		enc := json.NewEncoder(f)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return writeJSON(*jsonOut, res)
 	}
 	return nil
+}
+
+// writeJSON writes v, indented, to the file at path.
+func writeJSON(path string, v any) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	enc := json.NewEncoder(f)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Close()
 }
 
 // ledgerd returns the binary to start: the flag's, or one built from this module.
@@ -235,14 +243,7 @@ func runOne(ctx context.Context, args []string) error {
 		rep := &bench.Report{Title: "ledger-bench run", Command: "ledger-bench run " + strings.Join(args, " "), Results: []*bench.Result{res}}
 		fmt.Print(rep.Markdown())
 		if *jsonOut != "" {
-			f, ferr := os.Create(*jsonOut)
-			if ferr != nil {
-				return ferr
-			}
-			defer f.Close()
-			enc := json.NewEncoder(f)
-			enc.SetIndent("", "  ")
-			if ferr := enc.Encode(res); ferr != nil {
+			if ferr := writeJSON(*jsonOut, res); ferr != nil {
 				return ferr
 			}
 		}
