@@ -75,6 +75,15 @@ func newMTCoord(t testing.TB) *mtCoord {
 	return c
 }
 
+// newMTCoordWithOther returns a coordinator holding one open txn, "other", beside the
+// ones a test adds (what the test does must leave it alone).
+func newMTCoordWithOther(t testing.TB) *mtCoord {
+	t.Helper()
+	c := newMTCoord(t)
+	c.begin(mtXfer("other", "a", "b", 1))
+	return c
+}
+
 // applyAt applies cmd with the logged clock ts in a fresh Applier and commits its overlay.
 func (c *mtCoord) applyAt(ts int64, cmd *raftv1.Command) *raftv1.CommandResult {
 	c.t.Helper()
@@ -859,8 +868,7 @@ func TestDecideAndForget(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newMTCoord(t)
-			c.begin(mtXfer("other", "a", "b", 1))
+			c := newMTCoordWithOther(t)
 			tc.setup(c)
 			if tc.refused != "" {
 				c.mustRefuse(tc.cmd(c), tc.refused)
@@ -940,8 +948,7 @@ func TestForget(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := newMTCoord(t)
-			c.begin(mtXfer("other", "a", "b", 1))
+			c := newMTCoordWithOther(t)
 			tc.setup(c)
 			if tc.refused != "" {
 				open := c.openIDs()
