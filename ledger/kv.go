@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"fmt"
+	"slices"
 	"unsafe"
 )
 
@@ -125,12 +126,30 @@ func (o *Overlay) Rollback(mark int) {
 // Len is the number of keys written.
 func (o *Overlay) Len() int { return len(o.writes) }
 
-// Writes calls fn for every buffered write, each key once, in no particular order (the
-// adapter commits them as one atomic batch, where order does not matter); a nil value
-// is a deletion. The key is a view of the overlay's own copy, valid only during the call
-// and never to be modified: fn copies what it keeps (no allocation per key here; the
-// apply path walks every write twice, into pebble and into its cache).
+// Writes calls fn for every buffered write, each key once, in key order; a nil value is
+// a deletion. The adapter commits them as one atomic batch, where order does not change
+// the outcome but does change the cost: pebble's memtable insert starts its skiplist
+// search from where the previous key went, so ascending keys skip most of the levels a
+// random order would walk (each level a likely cache miss). The key is a view of the
+// overlay's own copy, valid only during the call and never to be modified: fn copies
+// what it keeps.
 func (o *Overlay) Writes(fn func(key, value []byte) error) error {
+	keys := make([]string, 0, len(o.writes))
+	for k := range o.writes {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if err := fn(unsafe.Slice(unsafe.StringData(k), len(k)), o.writes[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EachWrite is Writes in no particular order (no sort; for walks where order does not
+// matter, like an adapter's read cache).
+func (o *Overlay) EachWrite(fn func(key, value []byte) error) error {
 	for k, v := range o.writes {
 		if err := fn(unsafe.Slice(unsafe.StringData(k), len(k)), v); err != nil {
 			return err

@@ -59,3 +59,54 @@ func TestOverlayCold(t *testing.T) {
 		t.Fatal("a Set after SetCold left the key cold")
 	}
 }
+
+// TestOverlayWritesInKeyOrder checks that Writes hands over every write once, deletions
+// as nil, in ascending key order (what makes the adapter's memtable inserts cheap), and
+// that EachWrite hands over the same set.
+func TestOverlayWritesInKeyOrder(t *testing.T) {
+	o := NewOverlay(NewMemStore())
+	keys := []string{"t\x00\x00\x01\x07x", "a\x00\x00\x00\x02b", "z/applied", "b\x00\x00\x0f\xffq", "a\x00\x00\x00\x02a", "e\x00\x00\x00\x00\x00\x00\x00\x09"}
+	for _, k := range keys {
+		o.Set([]byte(k), []byte("v:"+k))
+	}
+	o.Delete([]byte("w\x00gone"))
+	o.Set([]byte("t\x00\x00\x01\x07x"), []byte("second write wins"))
+
+	var got []string
+	if err := o.Writes(func(k, v []byte) error {
+		got = append(got, string(k))
+		switch string(k) {
+		case "w\x00gone":
+			if v != nil {
+				t.Errorf("deletion handed over as %q, want nil", v)
+			}
+		case "t\x00\x00\x01\x07x":
+			if string(v) != "second write wins" {
+				t.Errorf("rewritten key handed over as %q", v)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(keys)+1 {
+		t.Fatalf("Writes handed over %d keys, want %d: %q", len(got), len(keys)+1, got)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i-1] >= got[i] {
+			t.Fatalf("Writes out of order at %d: %q then %q", i, got[i-1], got[i])
+		}
+	}
+	each := map[string]bool{}
+	if err := o.EachWrite(func(k, _ []byte) error { each[string(k)] = true; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range got {
+		if !each[k] {
+			t.Fatalf("EachWrite left out %q", k)
+		}
+	}
+	if len(each) != len(got) {
+		t.Fatalf("EachWrite handed over %d keys, Writes %d", len(each), len(got))
+	}
+}

@@ -22,7 +22,7 @@ func (m *MemStore) Get(key []byte) ([]byte, bool, error) {
 
 // Commit applies an overlay's writes.
 func (m *MemStore) Commit(o *Overlay) {
-	_ = o.Writes(func(k, v []byte) error {
+	_ = o.EachWrite(func(k, v []byte) error {
 		if v == nil {
 			delete(m.kv, string(k))
 			return nil

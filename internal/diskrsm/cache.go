@@ -57,7 +57,7 @@ func (c *applyCache) put(k string, v []byte) {
 
 // committed records what a batch wrote (after pebble took it).
 func (c *applyCache) committed(w *ledger.Overlay) {
-	_ = w.Writes(func(k, v []byte) error {
+	_ = w.EachWrite(func(k, v []byte) error {
 		if v == nil || w.Cold(k) {
 			delete(c.m, string(k))
 		} else if _, ok := c.m[string(k)]; ok || c.eager(k) {

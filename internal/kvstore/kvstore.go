@@ -161,7 +161,8 @@ func (s *Store) Applied() (uint64, error) {
 	return binary.BigEndian.Uint64(v), nil
 }
 
-// Writes is a source of key/value writes (a ledger.Overlay).
+// Writes is a source of key/value writes (a ledger.Overlay). Any order commits the same
+// state; ascending key order makes pebble's memtable inserts cheaper.
 type Writes interface {
 	Writes(fn func(key, value []byte) error) error
 }
