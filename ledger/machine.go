@@ -20,6 +20,10 @@ type Applier struct {
 	ov    *Overlay
 	state *raftv1.ShardState
 	now   int64 // monotonic time of the command being applied, unix ns
+	// events emitted and not yet stored: the events of one raft entry are stored under
+	// one key (an EventBatch), when the entry (or a lone Apply) ends.
+	events  []*raftv1.Event
+	inBatch bool
 }
 
 // NewApplier loads the shard state through r and returns an applier.
@@ -59,6 +63,8 @@ func (a *Applier) State() *raftv1.ShardState { return a.state }
 // ApplyBatch applies every command of a raft entry in order.
 func (a *Applier) ApplyBatch(b *raftv1.Batch) (*raftv1.BatchResult, error) {
 	out := &raftv1.BatchResult{Results: make([]*raftv1.CommandResult, 0, len(b.GetCommands()))}
+	a.inBatch = true
+	defer func() { a.inBatch = false }()
 	for i, c := range b.GetCommands() {
 		r, err := a.Apply(c)
 		if err != nil {
@@ -66,6 +72,7 @@ func (a *Applier) ApplyBatch(b *raftv1.Batch) (*raftv1.BatchResult, error) {
 		}
 		out.Results = append(out.Results, r)
 	}
+	a.storeEvents()
 	return out, nil
 }
 
@@ -76,6 +83,9 @@ func (a *Applier) Apply(c *raftv1.Command) (*raftv1.CommandResult, error) {
 	if err == nil && r.GetRefusal() != raftv1.Refusal_REFUSAL_UNSPECIFIED {
 		// A refused command has no effect at all, not even on the clock.
 		a.state.LastTimestampUnixNano = last
+	}
+	if err == nil && !a.inBatch {
+		a.storeEvents()
 	}
 	return r, err
 }
@@ -188,7 +198,34 @@ func (a *Applier) emit(e *raftv1.Event) {
 	a.state.EventSeq++
 	e.Seq = a.state.EventSeq
 	e.TimestampUnixNano = a.now
-	a.ov.Set(eventKey(e.Seq), mustMarshal(e))
+	a.events = append(a.events, e)
+}
+
+// dropEvents forgets the events after sequence number seq (a linked chain rolled back).
+func (a *Applier) dropEvents(seq uint64) {
+	n := len(a.events)
+	for n > 0 && a.events[n-1].Seq > seq {
+		n--
+	}
+	clear(a.events[n:])
+	a.events = a.events[:n]
+	a.state.EventSeq = seq
+}
+
+// storeEvents writes the events not yet stored as one EventBatch under the first one's
+// sequence number.
+func (a *Applier) storeEvents() {
+	if len(a.events) == 0 {
+		return
+	}
+	first := a.events[0].Seq
+	for i, e := range a.events {
+		if e.Seq != first+uint64(i) {
+			panic(fmt.Sprintf("ledger: event %d has seq %d, want %d", i, e.Seq, first+uint64(i)))
+		}
+	}
+	a.ov.Set(eventKey(first), mustMarshal(&raftv1.EventBatch{Events: a.events}))
+	a.events = nil
 }
 
 func (a *Applier) timestamp() *timestamppb.Timestamp {

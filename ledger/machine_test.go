@@ -2,6 +2,7 @@ package ledger
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"strings"
@@ -1144,5 +1145,108 @@ func TestMonotonicTime(t *testing.T) {
 	}
 	if got := a.State().GetLastTimestampUnixNano(); got != late+5*int64(time.Second) {
 		t.Fatalf("last timestamp %d", got)
+	}
+}
+
+// eventLog reads a shard's stored event log: key (first seq) -> the batch's events.
+func (s *testShard) eventLog() (firsts []uint64, batches [][]*raftv1.Event) {
+	s.t.Helper()
+	if err := s.store.Scan([]byte{prefixEvent}, func(k, v []byte) error {
+		b := &raftv1.EventBatch{}
+		if err := proto.Unmarshal(v, b); err != nil {
+			return err
+		}
+		firsts = append(firsts, binary.BigEndian.Uint64(k[1:]))
+		batches = append(batches, b.GetEvents())
+		return nil
+	}); err != nil {
+		s.t.Fatal(err)
+	}
+	return firsts, batches
+}
+
+// TestEventLog checks how events are stored: one key per raft entry (every command of
+// the entry), under its first event's sequence number, sequence numbers contiguous across
+// keys; a failed linked chain leaves no event and no gap; a refused command none; a lone
+// Apply stores its own events.
+func TestEventLog(t *testing.T) {
+	s := newFixtureShard(t)
+	firsts, _ := s.eventLog()
+	st, err := LoadShardState(s.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq0 := st.GetEventSeq()
+	if seq0 == 0 || len(firsts) == 0 {
+		t.Fatalf("fixture: event seq %d, %d stored batches", seq0, len(firsts))
+	}
+
+	// One entry: accounts, a chain whose second link fails, a refused command (malformed),
+	// a plain transfer.
+	entry := &raftv1.Batch{Commands: []*raftv1.Command{
+		cmdAccounts(acct("evt-1"), acct("evt-2")),
+		cmdTransfers(linked(xfer("ch1", "alice", "bob", 10)), xfer("ch2", "alice", "ghost", 10)),
+		cmdTransfers(linked(xfer("open", "alice", "bob", 1))),
+		cmdTransfers(xfer("plain", "alice", "bob", 5)),
+	}}
+	s.now += int64(time.Millisecond)
+	for _, c := range entry.Commands {
+		c.TimestampUnixNano = s.now
+	}
+	a, err := NewApplier(s.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.ApplyBatch(entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Results[2].GetRefusal() != raftv1.Refusal_REFUSAL_MALFORMED {
+		t.Fatalf("open chain: %v, want refused as malformed", res.Results[2])
+	}
+	s.store.Commit(a.Overlay())
+
+	firsts, batches := s.eventLog()
+	last := len(firsts) - 1
+	if firsts[last] != seq0+1 {
+		t.Fatalf("the entry's events are stored under %d, want %d", firsts[last], seq0+1)
+	}
+	wantKinds := []raftv1.EventKind{raftv1.EventKind_EVENT_KIND_ACCOUNT_CREATED, raftv1.EventKind_EVENT_KIND_ACCOUNT_CREATED,
+		raftv1.EventKind_EVENT_KIND_TRANSFER_POSTED}
+	got := batches[last]
+	if len(got) != len(wantKinds) {
+		t.Fatalf("the entry stored %d events, want %d: %v", len(got), len(wantKinds), got)
+	}
+	for i, e := range got {
+		if e.GetKind() != wantKinds[i] || e.GetSeq() != seq0+1+uint64(i) || e.GetTimestampUnixNano() != s.now {
+			t.Fatalf("event %d: %v, want kind %v seq %d at %d", i, e, wantKinds[i], seq0+1+uint64(i), s.now)
+		}
+	}
+	if tr := got[2].GetTransfer(); tr.GetId() != "plain" {
+		t.Fatalf("posted event is for %q, want plain", tr.GetId())
+	}
+	// Contiguous across every stored batch.
+	want := firsts[0]
+	for i, b := range batches {
+		if firsts[i] != want || len(b) == 0 {
+			t.Fatalf("batch %d: key %d with %d events, want key %d", i, firsts[i], len(b), want)
+		}
+		for _, e := range b {
+			if e.GetSeq() != want {
+				t.Fatalf("batch %d holds seq %d, want %d", i, e.GetSeq(), want)
+			}
+			want++
+		}
+	}
+	if st, err := LoadShardState(s.store); err != nil || st.GetEventSeq() != want-1 {
+		t.Fatalf("shard event seq %d (%v), want %d", st.GetEventSeq(), err, want-1)
+	}
+
+	// A lone Apply (no entry around it) stores its own events; one with none stores nothing.
+	s.mustTransfer(xfer("lone", "alice", "bob", 1))
+	s.transfers(xfer("lone", "alice", "bob", 1)) // EXISTS: no event
+	firsts2, batches2 := s.eventLog()
+	if len(firsts2) != len(firsts)+1 || firsts2[len(firsts2)-1] != want || len(batches2[len(batches2)-1]) != 1 {
+		t.Fatalf("after a lone transfer and its retry: keys %v, want one more at %d with one event", firsts2, want)
 	}
 }

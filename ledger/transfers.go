@@ -89,7 +89,7 @@ func (a *Applier) createTransfers(ct *raftv1.CreateTransfers) (*raftv1.CommandRe
 			// A linked chain fails whole: undo its effects; transfers that already had an
 			// outcome keep it, the others fail with LINKED_EVENT_FAILED.
 			a.ov.Rollback(mark)
-			a.state.EventSeq = seq
+			a.dropEvents(seq)
 			// Outcomes are recorded in chain order, so an id repeated within the chain
 			// replays the outcome of its first occurrence.
 			for k := i; k <= j; k++ {

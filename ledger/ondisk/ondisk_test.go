@@ -562,9 +562,10 @@ func TestSnapshotConcurrentWithUpdate(t *testing.T) {
 }
 
 func TestSnapshotStopped(t *testing.T) {
-	// SaveSnapshot looks at done every 4096 keys: make more (an account and an event each).
+	// SaveSnapshot looks at done every 4096 keys: make more (a key per account; the
+	// entry's events are one key).
 	m, _ := openSM(t, t.TempDir())
-	accs := make([]*ledgerv1.Account, 2500)
+	accs := make([]*ledgerv1.Account, 5000)
 	for i := range accs {
 		accs[i] = acct(fmt.Sprintf("acc-%d", i))
 	}

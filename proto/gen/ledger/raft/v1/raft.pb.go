@@ -2166,6 +2166,54 @@ func (x *Event) GetAmount() uint64 {
 	return 0
 }
 
+// EventBatch is one stored value of a shard's event log: the events one raft entry
+// produced, in sequence order, stored under the sequence number of the first (one key
+// per entry, not per event: each key costs a memtable insert on every replica). A reader
+// resuming at sequence n reads the batch whose key is the greatest at or below n.
+type EventBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*Event               `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventBatch) Reset() {
+	*x = EventBatch{}
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventBatch) ProtoMessage() {}
+
+func (x *EventBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventBatch.ProtoReflect.Descriptor instead.
+func (*EventBatch) Descriptor() ([]byte, []int) {
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *EventBatch) GetEvents() []*Event {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 // Query is a read served by a shard replica (Lookup).
 type Query struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2186,7 +2234,7 @@ type Query struct {
 
 func (x *Query) Reset() {
 	*x = Query{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[25]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2198,7 +2246,7 @@ func (x *Query) String() string {
 func (*Query) ProtoMessage() {}
 
 func (x *Query) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[25]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2211,7 +2259,7 @@ func (x *Query) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Query.ProtoReflect.Descriptor instead.
 func (*Query) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{25}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Query) GetOp() isQuery_Op {
@@ -2358,7 +2406,7 @@ type IdList struct {
 
 func (x *IdList) Reset() {
 	*x = IdList{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[26]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2418,7 @@ func (x *IdList) String() string {
 func (*IdList) ProtoMessage() {}
 
 func (x *IdList) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[26]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2431,7 @@ func (x *IdList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdList.ProtoReflect.Descriptor instead.
 func (*IdList) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{26}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *IdList) GetIds() []string {
@@ -2411,7 +2459,7 @@ type QueryResult struct {
 
 func (x *QueryResult) Reset() {
 	*x = QueryResult{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[27]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2423,7 +2471,7 @@ func (x *QueryResult) String() string {
 func (*QueryResult) ProtoMessage() {}
 
 func (x *QueryResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[27]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2436,7 +2484,7 @@ func (x *QueryResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueryResult.ProtoReflect.Descriptor instead.
 func (*QueryResult) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{27}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *QueryResult) GetAccounts() []*v1.Account {
@@ -2529,7 +2577,7 @@ type Totals struct {
 
 func (x *Totals) Reset() {
 	*x = Totals{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[28]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2541,7 +2589,7 @@ func (x *Totals) String() string {
 func (*Totals) ProtoMessage() {}
 
 func (x *Totals) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[28]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +2602,7 @@ func (x *Totals) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Totals.ProtoReflect.Descriptor instead.
 func (*Totals) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{28}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Totals) GetAccounts() uint64 {
@@ -2644,7 +2692,7 @@ type ShardMap struct {
 
 func (x *ShardMap) Reset() {
 	*x = ShardMap{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[29]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2656,7 +2704,7 @@ func (x *ShardMap) String() string {
 func (*ShardMap) ProtoMessage() {}
 
 func (x *ShardMap) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[29]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2669,7 +2717,7 @@ func (x *ShardMap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardMap.ProtoReflect.Descriptor instead.
 func (*ShardMap) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{29}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ShardMap) GetEpoch() uint64 {
@@ -2724,7 +2772,7 @@ type ShardReplicas struct {
 
 func (x *ShardReplicas) Reset() {
 	*x = ShardReplicas{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[30]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2736,7 +2784,7 @@ func (x *ShardReplicas) String() string {
 func (*ShardReplicas) ProtoMessage() {}
 
 func (x *ShardReplicas) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[30]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2749,7 +2797,7 @@ func (x *ShardReplicas) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardReplicas.ProtoReflect.Descriptor instead.
 func (*ShardReplicas) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{30}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ShardReplicas) GetShardId() uint64 {
@@ -2777,7 +2825,7 @@ type NodeInfo struct {
 
 func (x *NodeInfo) Reset() {
 	*x = NodeInfo{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[31]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2789,7 +2837,7 @@ func (x *NodeInfo) String() string {
 func (*NodeInfo) ProtoMessage() {}
 
 func (x *NodeInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[31]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2802,7 +2850,7 @@ func (x *NodeInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeInfo.ProtoReflect.Descriptor instead.
 func (*NodeInfo) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{31}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeInfo) GetId() uint64 {
@@ -2839,7 +2887,7 @@ type MetaCommand struct {
 
 func (x *MetaCommand) Reset() {
 	*x = MetaCommand{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[32]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2851,7 +2899,7 @@ func (x *MetaCommand) String() string {
 func (*MetaCommand) ProtoMessage() {}
 
 func (x *MetaCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[32]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2864,7 +2912,7 @@ func (x *MetaCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaCommand.ProtoReflect.Descriptor instead.
 func (*MetaCommand) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{32}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MetaCommand) GetOp() isMetaCommand_Op {
@@ -2905,7 +2953,7 @@ type MetaSnapshot struct {
 
 func (x *MetaSnapshot) Reset() {
 	*x = MetaSnapshot{}
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[33]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2917,7 +2965,7 @@ func (x *MetaSnapshot) String() string {
 func (*MetaSnapshot) ProtoMessage() {}
 
 func (x *MetaSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_ledger_raft_v1_raft_proto_msgTypes[33]
+	mi := &file_ledger_raft_v1_raft_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2930,7 +2978,7 @@ func (x *MetaSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetaSnapshot.ProtoReflect.Descriptor instead.
 func (*MetaSnapshot) Descriptor() ([]byte, []int) {
-	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{33}
+	return file_ledger_raft_v1_raft_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MetaSnapshot) GetMap() *ShardMap {
@@ -3097,7 +3145,10 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\btransfer\x18\x06 \x01(\v2\x13.ledger.v1.TransferR\btransfer\x12.\n" +
 	"\x06branch\x18\a \x01(\v2\x16.ledger.raft.v1.BranchR\x06branch\x12\x14\n" +
 	"\x05epoch\x18\b \x01(\x04R\x05epoch\x12\x16\n" +
-	"\x06amount\x18\t \x01(\x04R\x06amount\"\xc5\x02\n" +
+	"\x06amount\x18\t \x01(\x04R\x06amount\";\n" +
+	"\n" +
+	"EventBatch\x12-\n" +
+	"\x06events\x18\x01 \x03(\v2\x15.ledger.raft.v1.EventR\x06events\"\xc5\x02\n" +
 	"\x05Query\x124\n" +
 	"\baccounts\x18\x01 \x01(\v2\x16.ledger.raft.v1.IdListH\x00R\baccounts\x126\n" +
 	"\ttransfers\x18\x02 \x01(\v2\x16.ledger.raft.v1.IdListH\x00R\ttransfers\x12\x1f\n" +
@@ -3203,7 +3254,7 @@ func file_ledger_raft_v1_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_ledger_raft_v1_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_ledger_raft_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_ledger_raft_v1_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_ledger_raft_v1_raft_proto_goTypes = []any{
 	(TxnDecision)(0),          // 0: ledger.raft.v1.TxnDecision
 	(Refusal)(0),              // 1: ledger.raft.v1.Refusal
@@ -3234,21 +3285,22 @@ var file_ledger_raft_v1_raft_proto_goTypes = []any{
 	(*StoredTransfer)(nil),    // 26: ledger.raft.v1.StoredTransfer
 	(*ShardState)(nil),        // 27: ledger.raft.v1.ShardState
 	(*Event)(nil),             // 28: ledger.raft.v1.Event
-	(*Query)(nil),             // 29: ledger.raft.v1.Query
-	(*IdList)(nil),            // 30: ledger.raft.v1.IdList
-	(*QueryResult)(nil),       // 31: ledger.raft.v1.QueryResult
-	(*Totals)(nil),            // 32: ledger.raft.v1.Totals
-	(*ShardMap)(nil),          // 33: ledger.raft.v1.ShardMap
-	(*ShardReplicas)(nil),     // 34: ledger.raft.v1.ShardReplicas
-	(*NodeInfo)(nil),          // 35: ledger.raft.v1.NodeInfo
-	(*MetaCommand)(nil),       // 36: ledger.raft.v1.MetaCommand
-	(*MetaSnapshot)(nil),      // 37: ledger.raft.v1.MetaSnapshot
-	(*v1.Transfer)(nil),       // 38: ledger.v1.Transfer
-	(v1.TransferStatus)(0),    // 39: ledger.v1.TransferStatus
-	(v1.TransferState)(0),     // 40: ledger.v1.TransferState
-	(*v1.Account)(nil),        // 41: ledger.v1.Account
-	(*v1.AccountResult)(nil),  // 42: ledger.v1.AccountResult
-	(*v1.TransferResult)(nil), // 43: ledger.v1.TransferResult
+	(*EventBatch)(nil),        // 29: ledger.raft.v1.EventBatch
+	(*Query)(nil),             // 30: ledger.raft.v1.Query
+	(*IdList)(nil),            // 31: ledger.raft.v1.IdList
+	(*QueryResult)(nil),       // 32: ledger.raft.v1.QueryResult
+	(*Totals)(nil),            // 33: ledger.raft.v1.Totals
+	(*ShardMap)(nil),          // 34: ledger.raft.v1.ShardMap
+	(*ShardReplicas)(nil),     // 35: ledger.raft.v1.ShardReplicas
+	(*NodeInfo)(nil),          // 36: ledger.raft.v1.NodeInfo
+	(*MetaCommand)(nil),       // 37: ledger.raft.v1.MetaCommand
+	(*MetaSnapshot)(nil),      // 38: ledger.raft.v1.MetaSnapshot
+	(*v1.Transfer)(nil),       // 39: ledger.v1.Transfer
+	(v1.TransferStatus)(0),    // 40: ledger.v1.TransferStatus
+	(v1.TransferState)(0),     // 41: ledger.v1.TransferState
+	(*v1.Account)(nil),        // 42: ledger.v1.Account
+	(*v1.AccountResult)(nil),  // 43: ledger.v1.AccountResult
+	(*v1.TransferResult)(nil), // 44: ledger.v1.TransferResult
 }
 var file_ledger_raft_v1_raft_proto_depIdxs = []int32{
 	5,  // 0: ledger.raft.v1.Batch.commands:type_name -> ledger.raft.v1.Command
@@ -3264,57 +3316,58 @@ var file_ledger_raft_v1_raft_proto_depIdxs = []int32{
 	11, // 10: ledger.raft.v1.Command.resolve_pending:type_name -> ledger.raft.v1.ResolvePending
 	12, // 11: ledger.raft.v1.Command.expire_txns:type_name -> ledger.raft.v1.ExpireTxns
 	7,  // 12: ledger.raft.v1.ExpirePending.transfers:type_name -> ledger.raft.v1.TransferRef
-	38, // 13: ledger.raft.v1.BeginTxn.transfers:type_name -> ledger.v1.Transfer
+	39, // 13: ledger.raft.v1.BeginTxn.transfers:type_name -> ledger.v1.Transfer
 	0,  // 14: ledger.raft.v1.DecideTxn.decision:type_name -> ledger.raft.v1.TxnDecision
 	24, // 15: ledger.raft.v1.DecideTxn.votes:type_name -> ledger.raft.v1.Vote
-	39, // 16: ledger.raft.v1.DecideTxn.status:type_name -> ledger.v1.TransferStatus
-	38, // 17: ledger.raft.v1.DecideTxn.transfers:type_name -> ledger.v1.Transfer
-	38, // 18: ledger.raft.v1.ResolvePending.transfer:type_name -> ledger.v1.Transfer
-	38, // 19: ledger.raft.v1.TxnRecord.transfers:type_name -> ledger.v1.Transfer
+	40, // 16: ledger.raft.v1.DecideTxn.status:type_name -> ledger.v1.TransferStatus
+	39, // 17: ledger.raft.v1.DecideTxn.transfers:type_name -> ledger.v1.Transfer
+	39, // 18: ledger.raft.v1.ResolvePending.transfer:type_name -> ledger.v1.Transfer
+	39, // 19: ledger.raft.v1.TxnRecord.transfers:type_name -> ledger.v1.Transfer
 	17, // 20: ledger.raft.v1.TxnRecord.branches:type_name -> ledger.raft.v1.Branch
 	0,  // 21: ledger.raft.v1.TxnRecord.decision:type_name -> ledger.raft.v1.TxnDecision
-	39, // 22: ledger.raft.v1.TxnRecord.status:type_name -> ledger.v1.TransferStatus
-	40, // 23: ledger.raft.v1.TxnRecord.pending_state:type_name -> ledger.v1.TransferState
-	41, // 24: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
-	38, // 25: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
+	40, // 22: ledger.raft.v1.TxnRecord.status:type_name -> ledger.v1.TransferStatus
+	41, // 23: ledger.raft.v1.TxnRecord.pending_state:type_name -> ledger.v1.TransferState
+	42, // 24: ledger.raft.v1.CreateAccounts.accounts:type_name -> ledger.v1.Account
+	39, // 25: ledger.raft.v1.CreateTransfers.transfers:type_name -> ledger.v1.Transfer
 	17, // 26: ledger.raft.v1.PrepareBranches.branches:type_name -> ledger.raft.v1.Branch
 	20, // 27: ledger.raft.v1.ResolveBranches.branches:type_name -> ledger.raft.v1.BranchRef
 	23, // 28: ledger.raft.v1.BatchResult.results:type_name -> ledger.raft.v1.CommandResult
 	1,  // 29: ledger.raft.v1.CommandResult.refusal:type_name -> ledger.raft.v1.Refusal
-	42, // 30: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
-	43, // 31: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
+	43, // 30: ledger.raft.v1.CommandResult.accounts:type_name -> ledger.v1.AccountResult
+	44, // 31: ledger.raft.v1.CommandResult.transfers:type_name -> ledger.v1.TransferResult
 	24, // 32: ledger.raft.v1.CommandResult.votes:type_name -> ledger.raft.v1.Vote
 	13, // 33: ledger.raft.v1.CommandResult.txn:type_name -> ledger.raft.v1.TxnRecord
 	2,  // 34: ledger.raft.v1.Vote.state:type_name -> ledger.raft.v1.BranchState
-	39, // 35: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
+	40, // 35: ledger.raft.v1.Vote.status:type_name -> ledger.v1.TransferStatus
 	17, // 36: ledger.raft.v1.StoredBranch.branch:type_name -> ledger.raft.v1.Branch
 	2,  // 37: ledger.raft.v1.StoredBranch.state:type_name -> ledger.raft.v1.BranchState
-	39, // 38: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
-	38, // 39: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
-	39, // 40: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
+	40, // 38: ledger.raft.v1.StoredBranch.status:type_name -> ledger.v1.TransferStatus
+	39, // 39: ledger.raft.v1.StoredTransfer.transfer:type_name -> ledger.v1.Transfer
+	40, // 40: ledger.raft.v1.StoredTransfer.status:type_name -> ledger.v1.TransferStatus
 	3,  // 41: ledger.raft.v1.Event.kind:type_name -> ledger.raft.v1.EventKind
-	41, // 42: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
-	38, // 43: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
+	42, // 42: ledger.raft.v1.Event.account:type_name -> ledger.v1.Account
+	39, // 43: ledger.raft.v1.Event.transfer:type_name -> ledger.v1.Transfer
 	17, // 44: ledger.raft.v1.Event.branch:type_name -> ledger.raft.v1.Branch
-	30, // 45: ledger.raft.v1.Query.accounts:type_name -> ledger.raft.v1.IdList
-	30, // 46: ledger.raft.v1.Query.transfers:type_name -> ledger.raft.v1.IdList
-	30, // 47: ledger.raft.v1.Query.txns:type_name -> ledger.raft.v1.IdList
-	41, // 48: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
-	38, // 49: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
-	27, // 50: ledger.raft.v1.QueryResult.shard_state:type_name -> ledger.raft.v1.ShardState
-	25, // 51: ledger.raft.v1.QueryResult.prepared:type_name -> ledger.raft.v1.StoredBranch
-	26, // 52: ledger.raft.v1.QueryResult.pending:type_name -> ledger.raft.v1.StoredTransfer
-	32, // 53: ledger.raft.v1.QueryResult.totals:type_name -> ledger.raft.v1.Totals
-	13, // 54: ledger.raft.v1.QueryResult.txns:type_name -> ledger.raft.v1.TxnRecord
-	34, // 55: ledger.raft.v1.ShardMap.shards:type_name -> ledger.raft.v1.ShardReplicas
-	35, // 56: ledger.raft.v1.ShardMap.nodes:type_name -> ledger.raft.v1.NodeInfo
-	33, // 57: ledger.raft.v1.MetaCommand.init:type_name -> ledger.raft.v1.ShardMap
-	33, // 58: ledger.raft.v1.MetaSnapshot.map:type_name -> ledger.raft.v1.ShardMap
-	59, // [59:59] is the sub-list for method output_type
-	59, // [59:59] is the sub-list for method input_type
-	59, // [59:59] is the sub-list for extension type_name
-	59, // [59:59] is the sub-list for extension extendee
-	0,  // [0:59] is the sub-list for field type_name
+	28, // 45: ledger.raft.v1.EventBatch.events:type_name -> ledger.raft.v1.Event
+	31, // 46: ledger.raft.v1.Query.accounts:type_name -> ledger.raft.v1.IdList
+	31, // 47: ledger.raft.v1.Query.transfers:type_name -> ledger.raft.v1.IdList
+	31, // 48: ledger.raft.v1.Query.txns:type_name -> ledger.raft.v1.IdList
+	42, // 49: ledger.raft.v1.QueryResult.accounts:type_name -> ledger.v1.Account
+	39, // 50: ledger.raft.v1.QueryResult.transfers:type_name -> ledger.v1.Transfer
+	27, // 51: ledger.raft.v1.QueryResult.shard_state:type_name -> ledger.raft.v1.ShardState
+	25, // 52: ledger.raft.v1.QueryResult.prepared:type_name -> ledger.raft.v1.StoredBranch
+	26, // 53: ledger.raft.v1.QueryResult.pending:type_name -> ledger.raft.v1.StoredTransfer
+	33, // 54: ledger.raft.v1.QueryResult.totals:type_name -> ledger.raft.v1.Totals
+	13, // 55: ledger.raft.v1.QueryResult.txns:type_name -> ledger.raft.v1.TxnRecord
+	35, // 56: ledger.raft.v1.ShardMap.shards:type_name -> ledger.raft.v1.ShardReplicas
+	36, // 57: ledger.raft.v1.ShardMap.nodes:type_name -> ledger.raft.v1.NodeInfo
+	34, // 58: ledger.raft.v1.MetaCommand.init:type_name -> ledger.raft.v1.ShardMap
+	34, // 59: ledger.raft.v1.MetaSnapshot.map:type_name -> ledger.raft.v1.ShardMap
+	60, // [60:60] is the sub-list for method output_type
+	60, // [60:60] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_ledger_raft_v1_raft_proto_init() }
@@ -3335,7 +3388,7 @@ func file_ledger_raft_v1_raft_proto_init() {
 		(*Command_ResolvePending)(nil),
 		(*Command_ExpireTxns)(nil),
 	}
-	file_ledger_raft_v1_raft_proto_msgTypes[25].OneofWrappers = []any{
+	file_ledger_raft_v1_raft_proto_msgTypes[26].OneofWrappers = []any{
 		(*Query_Accounts)(nil),
 		(*Query_Transfers)(nil),
 		(*Query_StateHash)(nil),
@@ -3345,7 +3398,7 @@ func file_ledger_raft_v1_raft_proto_init() {
 		(*Query_OpenTxns)(nil),
 		(*Query_Txns)(nil),
 	}
-	file_ledger_raft_v1_raft_proto_msgTypes[32].OneofWrappers = []any{
+	file_ledger_raft_v1_raft_proto_msgTypes[33].OneofWrappers = []any{
 		(*MetaCommand_Init)(nil),
 	}
 	type x struct{}
@@ -3354,7 +3407,7 @@ func file_ledger_raft_v1_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ledger_raft_v1_raft_proto_rawDesc), len(file_ledger_raft_v1_raft_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
