@@ -128,7 +128,11 @@ func (e *Engine) start(ctx context.Context) error {
 			return fmt.Errorf("engine: create %s: %w", raftDir, err)
 		}
 		// The NodeHost settings of internal/node.Start.
-		nhc := node.NodeHostConfig(raftDir, addr, e.opts.RTTMillisecond)
+		shards, err := node.EngineShards(raftDir)
+		if err != nil {
+			return fmt.Errorf("engine: node %d: %w", replica, err)
+		}
+		nhc := node.NodeHostConfig(raftDir, addr, e.opts.RTTMillisecond, shards)
 		nh, err := dragonboat.NewNodeHost(nhc)
 		if err != nil {
 			return fmt.Errorf("engine: node %d: new nodehost: %w", replica, err)
