@@ -35,6 +35,11 @@ func IsRecordKey(k []byte) bool { return len(k) > 0 && (k[0] == prefixTxn || k[0
 
 var stateKey = []byte{prefixState}
 
+// MostlyNewKeyPrefixes are the key families whose lookups on the apply path are mostly
+// of keys not stored yet: a Begin looks up its transfer ids (index, resolved post/void)
+// and its record. A storage adapter may answer those misses from a filter.
+func MostlyNewKeyPrefixes() []byte { return []byte{prefixResolved, prefixTxn, prefixIndex} }
+
 // RouterDeadlineMax bounds how long after its Begin a transaction's router may keep
 // the coordinator's driver from recovering it (BeginTxn.router_deadline_unix_nano): a
 // router's clock far ahead cannot hold reservations for longer than this.

@@ -16,10 +16,11 @@ import (
 // transactions from it.
 func NewCore(onApplied func(group uint64, results []*raftv1.BatchResult)) diskrsm.Core {
 	return diskrsm.Core{
-		NewApplier: func(r ledger.Reader) (diskrsm.Applier, error) { return NewApplier(r) },
-		Read:       Read,
-		CacheEager: IsRecordKey,
-		OnApplied:  onApplied,
+		NewApplier:     func(r ledger.Reader) (diskrsm.Applier, error) { return NewApplier(r) },
+		Read:           Read,
+		CacheEager:     IsRecordKey,
+		AbsentPrefixes: MostlyNewKeyPrefixes(),
+		OnApplied:      onApplied,
 	}
 }
 

@@ -69,6 +69,11 @@ func preparedKey(branchKey []byte) []byte { return append([]byte{prefixPrepared}
 
 func pendingKey(transferKey []byte) []byte { return append([]byte{prefixPending}, transferKey...) }
 
+// MostlyNewKeyPrefixes are the key families whose lookups on the apply path are mostly
+// of keys not stored yet: transfers and their index (a new transfer id), branches (a
+// new prepare). A storage adapter may answer those misses from a filter.
+func MostlyNewKeyPrefixes() []byte { return []byte{prefixBranch, prefixIndex, prefixTransfer} }
+
 // IsHotKey tells whether a stored key is read back soon after it is written: accounts,
 // and branches (a prepared branch is read again by its commit or abort).
 func IsHotKey(key []byte) bool {

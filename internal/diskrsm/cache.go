@@ -17,19 +17,25 @@ type applyCache struct {
 	rd    *kvstore.PointReader // this batch's view of the store, made on the first miss
 	m     map[string][]byte
 	eager func(key []byte) bool // keys cached as soon as they are written
+	// absent answers misses of the keys it covers without pebble; it sees every
+	// committed write (committed), so it is never behind the store. nil: none.
+	absent *absentFilter
 }
 
-func newApplyCache(st *kvstore.Store, eager func([]byte) bool) *applyCache {
+func newApplyCache(st *kvstore.Store, eager func([]byte) bool, absent *absentFilter) *applyCache {
 	if eager == nil {
 		eager = func([]byte) bool { return false }
 	}
-	return &applyCache{store: st, m: make(map[string][]byte), eager: eager}
+	return &applyCache{store: st, m: make(map[string][]byte), eager: eager, absent: absent}
 }
 
 // Get implements ledger.Reader.
 func (c *applyCache) Get(key []byte) ([]byte, bool, error) {
 	if v, ok := c.m[string(key)]; ok {
 		return v, true, nil
+	}
+	if c.absent != nil && c.absent.absent(key) {
+		return nil, false, nil
 	}
 	if c.rd == nil {
 		c.rd = c.store.NewPointReader()
@@ -58,6 +64,9 @@ func (c *applyCache) put(k string, v []byte) {
 // committed records what a batch wrote (after pebble took it).
 func (c *applyCache) committed(w *ledger.Overlay) {
 	_ = w.EachWrite(func(k, v []byte) error {
+		if v != nil && c.absent != nil {
+			c.absent.add(k)
+		}
 		if v == nil || w.Cold(k) {
 			delete(c.m, string(k))
 		} else if _, ok := c.m[string(k)]; ok || c.eager(k) {

@@ -36,6 +36,10 @@ type Core struct {
 	// CacheEager, when set, names keys the apply cache keeps as soon as they are written
 	// (records that are read again soon, such as accounts).
 	CacheEager func(key []byte) bool
+	// AbsentPrefixes, when set, are the key families (first bytes) whose lookups the
+	// apply path answers "not stored" from an in-memory filter of every such key the
+	// replica holds, without pebble: families whose lookups mostly miss (new ids).
+	AbsentPrefixes []byte
 	// OnApplied, when set, sees every result once its batch is committed (a thin edge
 	// for drivers that must react to applied entries; it must not block).
 	OnApplied func(shardID uint64, results []*raftv1.BatchResult)
@@ -47,7 +51,8 @@ type StateMachine struct {
 	dir     string
 	core    Core
 	store   *kvstore.Store
-	cache   *applyCache // apply path only
+	cache   *applyCache   // apply path only
+	filter  *absentFilter // apply path only; nil when the core names no families
 }
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
@@ -74,7 +79,23 @@ func (s *StateMachine) Open(<-chan struct{}) (uint64, error) {
 		return 0, err
 	}
 	s.store = st
+	if len(s.core.AbsentPrefixes) > 0 {
+		s.filter = newAbsentFilter(s.core.AbsentPrefixes, FilterKeysMax)
+		if err := s.rebuildFilter(); err != nil {
+			return 0, err
+		}
+	}
 	return st.Applied()
+}
+
+// rebuildFilter fills the absent-key filter from the store (after Open and recovery).
+func (s *StateMachine) rebuildFilter() error {
+	if s.filter == nil {
+		return nil
+	}
+	sn := s.store.NewSnapshot()
+	defer sn.Close()
+	return s.filter.rebuild(sn)
 }
 
 // Update applies a batch of entries in one pebble batch, applied index included.
@@ -84,7 +105,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		return entries, nil
 	}
 	if s.cache == nil {
-		s.cache = newApplyCache(s.store, s.core.CacheEager)
+		s.cache = newApplyCache(s.store, s.core.CacheEager, s.filter)
 	}
 	a, err := s.core.NewApplier(s.cache)
 	if err != nil {
@@ -117,6 +138,9 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	ov := a.Overlay()
 	if err := s.store.Commit(ov, entries[len(entries)-1].Index); err != nil {
 		s.cache.clear()
+		if s.filter != nil {
+			s.filter.off = true // the batch may be partly in: no key can be called absent
+		}
 		return nil, err
 	}
 	s.cache.committed(ov)
@@ -187,7 +211,13 @@ func (s *StateMachine) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) er
 	if s.cache != nil {
 		s.cache.clear()
 	}
-	return snapshotErr(s.store.Recover(r, done))
+	if s.filter != nil {
+		s.filter.off = true // until rebuilt from the recovered state
+	}
+	if err := s.store.Recover(r, done); err != nil {
+		return snapshotErr(err)
+	}
+	return s.rebuildFilter()
 }
 
 // snapshotErr reports a stop requested through done as sm.ErrSnapshotStopped: dragonboat

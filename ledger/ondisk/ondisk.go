@@ -24,6 +24,8 @@ var Core = diskrsm.Core{
 	NewApplier: func(r ledger.Reader) (diskrsm.Applier, error) { return ledger.NewApplier(r) },
 	Read:       Read,
 	CacheEager: ledger.IsHotKey,
+	// A prepare looks up its branch, a transfer its id: mostly keys not stored yet.
+	AbsentPrefixes: ledger.MostlyNewKeyPrefixes(),
 }
 
 // Factory returns dragonboat's constructor for shard replicas stored under dataDir.

@@ -721,3 +721,73 @@ func TestFactory(t *testing.T) {
 	}
 	closeSM(t, m)
 }
+
+// TestRetriesAfterReopenAndRecovery: the apply path answers lookups of transfer ids and
+// branches that mostly do not exist from an in-memory filter; a replica reopened, or
+// rebuilt from a snapshot, must still see what it stored before (a retried transfer is
+// EXISTS, a retried prepare reserves nothing twice), so the filter is rebuilt from the
+// store each time.
+func TestRetriesAfterReopenAndRecovery(t *testing.T) {
+	prepare := func() *raftv1.Command {
+		return &raftv1.Command{Op: &raftv1.Command_Prepare{Prepare: &raftv1.PrepareBranches{Branches: []*raftv1.Branch{
+			{TxnId: "txn-1", Index: 0, AccountId: "alice", Debit: true, Amount: 7, Currency: "USD"}}}}}
+	}
+	retry := func(t *testing.T, m *StateMachine, index uint64) {
+		t.Helper()
+		out := update(t, m, entries(index,
+			batch(t, t0+int64(index), cmdTransfers(xfer("t-1", "bank", "alice", 100))),
+			batch(t, t0+int64(index)+1, prepare())))
+		tr := decodeResult(t, out[0]).GetResults()[0]
+		mustAccept(t, index, tr)
+		if s := tr.GetTransfers()[0].GetStatus(); s != ledgerv1.TransferStatus_TRANSFER_STATUS_EXISTS {
+			t.Fatalf("entry %d: retried transfer %v, want EXISTS", index, s)
+		}
+		v := decodeResult(t, out[1]).GetResults()[0].GetVotes()
+		if len(v) != 1 || v[0].GetState() != raftv1.BranchState_BRANCH_STATE_PREPARED {
+			t.Fatalf("entry %d: retried prepare voted %v, want the branch as prepared", index+1, v)
+		}
+		acc := accounts(t, m, "alice").GetAccounts()[0]
+		if acc.GetCreditsPosted() != 100 || acc.GetDebitsPending() != 7 {
+			t.Fatalf("after the retries alice holds %v, want credits posted 100, debits pending 7", acc)
+		}
+	}
+
+	dir := filepath.Join(t.TempDir(), "replica")
+	m, _ := openSM(t, dir)
+	out := update(t, m, entries(1,
+		batch(t, t0, cmdAssign()),
+		batch(t, t0+1, cmdAccounts(acct("bank"), acct("alice"))),
+		batch(t, t0+2, cmdTransfers(xfer("t-1", "bank", "alice", 100))),
+		batch(t, t0+3, prepare())))
+	for _, e := range out {
+		mustAccept(t, e.Index, decodeResult(t, e).GetResults()[0])
+	}
+	// In the same replica the retries hit keys the filter was given at commit.
+	retry(t, m, 5)
+	if err := m.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, err := m.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var snap bytes.Buffer
+	if err := m.SaveSnapshot(ctx, &snap, make(chan struct{})); err != nil {
+		t.Fatal(err)
+	}
+	closeSM(t, m)
+
+	// Reopened: the filter is rebuilt from the store.
+	m2, applied := openSM(t, dir)
+	retry(t, m2, applied+1)
+
+	// Recovered from a snapshot into a replica that had applied other things: the
+	// filter is rebuilt from the recovered state.
+	m3, _ := openSM(t, t.TempDir())
+	update(t, m3, entries(1, batch(t, t0, cmdAssign())))
+	if err := m3.RecoverFromSnapshot(&snap, make(chan struct{})); err != nil {
+		t.Fatal(err)
+	}
+	_, applied3 := stateHash(t, m3)
+	retry(t, m3, applied3+1)
+}
