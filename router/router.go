@@ -48,7 +48,11 @@ type Options struct {
 	// InflightPerShard bounds concurrent proposals per shard. Few in flight make big
 	// entries, and on small machines the cost of a raft entry (not of a command)
 	// dominates: measured on 2 cores, 64 clients, 8 -> 2 raised cross-shard transfers/s
-	// by ~20% and intra-shard by ~10% (per-proposal p50 12 ms -> 9 ms).
+	// by ~20% and intra-shard by ~10% (per-proposal p50 12 ms -> 9 ms). 2 -> 1 (with one
+	// raft step worker per NodeHost, 3 rounds, medians): cross-shard 1 transfer per
+	// request 1,586 -> 1,778/s, p99 at 500/s offered 40.5 -> 31.8 ms, batched cross-shard
+	// 7,067 -> 7,600/s; intra-shard 1,000 per request 31,265 -> 28,466/s and 1 per
+	// request 3,461 -> 3,240/s gave some back.
 	InflightPerShard int
 	// QueuedPerShard bounds commands waiting per shard; past it: resource_exhausted.
 	QueuedPerShard int
@@ -113,7 +117,7 @@ func (o *Options) setDefaults() {
 		o.BatchItemsMax = 16_000
 	}
 	if o.InflightPerShard == 0 {
-		o.InflightPerShard = 2
+		o.InflightPerShard = 1
 	}
 	if o.QueuedPerShard == 0 {
 		o.QueuedPerShard = 16_384 // a request of 8,000 cross-shard transfers queues 8,000 Begins
