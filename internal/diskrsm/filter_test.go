@@ -1,29 +1,21 @@
 package diskrsm
 
 import (
-	"bytes"
 	"fmt"
-	"sort"
 	"testing"
+
+	"github.com/shardledger/shardledger/ledger"
 )
 
-// memScan is a scanner over a map.
-type memScan map[string]string
-
-func (m memScan) Scan(prefix []byte, fn func(k, v []byte) error) error {
-	var keys []string
-	for k := range m {
-		if bytes.HasPrefix([]byte(k), prefix) {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
+// memScan is a store holding keys (a ledger.MemStore, which scans in key order).
+func memScan(keys ...string) *ledger.MemStore {
+	st := ledger.NewMemStore()
+	ov := ledger.NewOverlay(st)
 	for _, k := range keys {
-		if err := fn([]byte(k), []byte(m[k])); err != nil {
-			return err
-		}
+		ov.Set([]byte(k), []byte("v"))
 	}
-	return nil
+	st.Commit(ov)
+	return st
 }
 
 // TestAbsentFilterNeverHidesAStoredKey is the property the apply path relies on: a key
@@ -87,7 +79,7 @@ func TestAbsentFilterTurnsOffWhenFull(t *testing.T) {
 		}
 	}
 	// A rebuild from a store with fewer keys turns it on again with what the store has.
-	store := memScan{"x1": "v", "x2": "v", "y1": "v"}
+	store := memScan("x1", "x2", "y1")
 	if err := f.rebuild(store); err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +96,7 @@ func TestAbsentFilterTurnsOffWhenFull(t *testing.T) {
 func TestAbsentFilterRebuildScansOnlyItsFamilies(t *testing.T) {
 	f := newAbsentFilter([]byte{'b', 'i'}, FilterKeysMax)
 	f.add([]byte("b-before-recovery"))
-	store := memScan{"b1": "", "i7": "", "a-account": "", "t-not-covered": ""}
+	store := memScan("b1", "i7", "a-account", "t-not-covered")
 	if err := f.rebuild(store); err != nil {
 		t.Fatal(err)
 	}
