@@ -158,6 +158,14 @@ func (o *Overlay) EachWrite(fn func(key, value []byte) error) error {
 	return nil
 }
 
+// EachWriteString is EachWrite with the keys as the overlay holds them (no copy; a
+// write-behind store keeps them as they are).
+func (o *Overlay) EachWriteString(fn func(key string, value []byte)) {
+	for k, v := range o.writes {
+		fn(k, v)
+	}
+}
+
 // Scanner iterates committed state in key order (storage adapters and MemStore).
 type Scanner interface {
 	Reader

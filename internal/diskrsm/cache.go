@@ -14,7 +14,7 @@ const CacheEntriesMax = 200_000
 // exactly what pebble holds for the keys it has, because every commit goes through it.
 type applyCache struct {
 	store *kvstore.Store
-	rd    *kvstore.PointReader // this batch's view of the store, made on the first miss
+	rd    *kvstore.ApplyReader // this batch's view of the store, made on the first miss
 	m     map[string][]byte
 	eager func(key []byte) bool // keys cached as soon as they are written
 	// absent answers misses of the keys it covers without pebble; it sees every
@@ -38,7 +38,7 @@ func (c *applyCache) Get(key []byte) ([]byte, bool, error) {
 		return nil, false, nil
 	}
 	if c.rd == nil {
-		c.rd = c.store.NewPointReader()
+		c.rd = c.store.NewApplyReader()
 	}
 	v, ok, err := c.rd.Get(key)
 	if err == nil && ok {

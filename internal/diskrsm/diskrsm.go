@@ -1,6 +1,8 @@
 // Package diskrsm adapts a pure state machine core (the account shard's, the
 // coordinator's) to dragonboat's IOnDiskStateMachine, with its state in pebble
-// (internal/kvstore): one pebble batch per Update, applied index included.
+// (internal/kvstore): each Update's writes and applied index committed to the store
+// atomically (kvstore keeps small commits pending and writes them to pebble in larger
+// batches).
 package diskrsm
 
 import (
@@ -57,6 +59,9 @@ type StateMachine struct {
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
 
+// The overlay is merged into the store's pending writes without copies (kvstore.Commit).
+var _ kvstore.StringWrites = (*ledger.Overlay)(nil)
+
 // Factory returns dragonboat's constructor for replicas stored under dataDir.
 func Factory(dataDir string, core Core) sm.CreateOnDiskStateMachineFunc {
 	return func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
@@ -98,7 +103,7 @@ func (s *StateMachine) rebuildFilter() error {
 	return s.filter.rebuild(sn)
 }
 
-// Update applies a batch of entries in one pebble batch, applied index included.
+// Update applies a batch of entries and commits their writes with the applied index.
 // Business rejections are results; an error here means storage failed (and stops the node).
 func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	if len(entries) == 0 {

@@ -1,5 +1,6 @@
 // Package kvstore is the pebble storage shared by the on-disk state machines: one pebble
-// database per replica, the applied index stored with every batch of state changes,
+// database per replica, the applied index stored with every batch of state changes
+// (small commits are kept pending and reach pebble in larger batches: pending.go),
 // streaming snapshots and a state hash.
 package kvstore
 
@@ -45,6 +46,7 @@ const (
 // Store is one replica's pebble database.
 type Store struct {
 	db *pebble.DB
+	wb writeBehind // committed writes not yet in pebble (pending.go)
 }
 
 // Open opens (or creates) the database in dir.
@@ -76,7 +78,9 @@ func Open(dir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open pebble %s: %w", dir, err)
 	}
-	return &Store{db: db}, nil
+	s := &Store{db: db}
+	s.startWriteBehind()
+	return s, nil
 }
 
 // pointComparer is pebble's default (bytewise) comparer, same name, so existing stores
@@ -99,6 +103,9 @@ func (quietLogger) Fatalf(format string, args ...interface{}) {
 
 // Get implements ledger.Reader: (nil, false, nil) for a missing key; the value is a copy.
 func (s *Store) Get(key []byte) ([]byte, bool, error) {
+	if err := s.flush(); err != nil {
+		return nil, false, err
+	}
 	v, closer, err := s.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
@@ -118,16 +125,25 @@ func (s *Store) Get(key []byte) ([]byte, bool, error) {
 // may hold the key. It sees the store as it was when made: the apply path makes one per
 // batch of entries (its reads come before that batch's commit) and closes it after.
 type PointReader struct {
-	it *pebble.Iterator
+	it  *pebble.Iterator
+	err error // the flush before it failed
 }
 
-// NewPointReader returns a reader of the current state; Close releases it.
+// NewPointReader returns a reader of the current state (everything committed before
+// the call, pending writes flushed first); Close releases it. A failed flush leaves a
+// reader whose every Get fails.
 func (s *Store) NewPointReader() *PointReader {
+	if err := s.flush(); err != nil {
+		return &PointReader{err: err}
+	}
 	return &PointReader{it: s.db.NewIter(&pebble.IterOptions{UseL6Filters: true})}
 }
 
 // Get implements ledger.Reader: (nil, false, nil) for a missing key; the value is a copy.
 func (r *PointReader) Get(key []byte) ([]byte, bool, error) {
+	if r.err != nil {
+		return nil, false, r.err
+	}
 	if !r.it.SeekPrefixGE(key) {
 		if err := r.it.Error(); err != nil {
 			return nil, false, fmt.Errorf("pebble seek: %w", err)
@@ -143,6 +159,9 @@ func (r *PointReader) Get(key []byte) ([]byte, bool, error) {
 
 // Close releases the reader's view.
 func (r *PointReader) Close() error {
+	if r.it == nil {
+		return nil
+	}
 	if err := r.it.Close(); err != nil {
 		return fmt.Errorf("pebble iterator close: %w", err)
 	}
@@ -167,32 +186,11 @@ type Writes interface {
 	Writes(fn func(key, value []byte) error) error
 }
 
-// Commit writes w and the applied index in one batch, atomically, to the memtable: raft's
-// log is durable and replays anything after the applied index; Sync makes it durable.
-func (s *Store) Commit(w Writes, applied uint64) error {
-	b := s.db.NewBatch()
-	defer b.Close()
-	if w != nil {
-		if err := w.Writes(func(k, v []byte) error {
-			if v == nil {
-				return b.Delete(k, nil)
-			}
-			return b.Set(k, v, nil)
-		}); err != nil {
-			return fmt.Errorf("batch set: %w", err)
-		}
-	}
-	if err := b.Set(AppliedKey, binary.BigEndian.AppendUint64(nil, applied), nil); err != nil {
-		return fmt.Errorf("batch set applied: %w", err)
-	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("batch commit: %w", err)
-	}
-	return nil
-}
-
 // Sync makes every committed batch durable (a memtable flush: there is no WAL).
 func (s *Store) Sync() error {
+	if err := s.flush(); err != nil {
+		return err
+	}
 	if err := s.db.Flush(); err != nil {
 		return fmt.Errorf("pebble flush: %w", err)
 	}
@@ -204,6 +202,7 @@ func (s *Store) Close() error {
 	if s.db == nil {
 		return nil
 	}
+	s.stopWriteBehind()
 	err := s.Sync()
 	if cerr := s.db.Close(); err == nil {
 		err = cerr
@@ -213,16 +212,33 @@ func (s *Store) Close() error {
 }
 
 // Snapshot is a point-in-time view for SaveSnapshot.
-type Snapshot struct{ snap *pebble.Snapshot }
+type Snapshot struct {
+	snap *pebble.Snapshot
+	err  error // the flush before it failed: every read fails with it
+}
 
 // NewSnapshot takes a consistent view; SaveSnapshot may run concurrently with updates.
-func (s *Store) NewSnapshot() *Snapshot { return &Snapshot{snap: s.db.NewSnapshot()} }
+// It holds everything committed before the call (pending writes are flushed first).
+func (s *Store) NewSnapshot() *Snapshot {
+	if err := s.flush(); err != nil {
+		return &Snapshot{err: err}
+	}
+	return &Snapshot{snap: s.db.NewSnapshot()}
+}
 
 // Close releases the view.
-func (sn *Snapshot) Close() error { return sn.snap.Close() }
+func (sn *Snapshot) Close() error {
+	if sn.snap == nil {
+		return nil
+	}
+	return sn.snap.Close()
+}
 
 // Iterate calls fn for every key in order.
 func (sn *Snapshot) Iterate(fn func(k, v []byte) error) error {
+	if sn.err != nil {
+		return sn.err
+	}
 	it := sn.snap.NewIter(nil)
 	for ok := it.First(); ok; ok = it.Next() {
 		if err := fn(it.Key(), it.Value()); err != nil {
@@ -235,6 +251,9 @@ func (sn *Snapshot) Iterate(fn func(k, v []byte) error) error {
 
 // Scan calls fn for every key with the prefix, in order.
 func (sn *Snapshot) Scan(prefix []byte, fn func(k, v []byte) error) error {
+	if sn.err != nil {
+		return sn.err
+	}
 	it := sn.snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	for ok := it.First(); ok; ok = it.Next() {
 		if err := fn(it.Key(), it.Value()); err != nil {
@@ -313,6 +332,11 @@ type Hasher interface {
 
 // Recover replaces the whole state (applied index included) with a stream from Save.
 func (s *Store) Recover(r io.Reader, done <-chan struct{}) error {
+	// Pending writes go to pebble first: a recover that fails early leaves the state
+	// as it was.
+	if err := s.flush(); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
 	br := bufio.NewReaderSize(r, 1<<20)
 	b := s.db.NewBatch()
 	if err := b.DeleteRange([]byte{0}, []byte{0xff, 0xff, 0xff, 0xff}, nil); err != nil {
@@ -374,6 +398,9 @@ func (s *Store) Recover(r io.Reader, done <-chan struct{}) error {
 
 // Get reads one key from the view.
 func (sn *Snapshot) Get(key []byte) ([]byte, bool, error) {
+	if sn.err != nil {
+		return nil, false, sn.err
+	}
 	v, closer, err := sn.snap.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
