@@ -79,13 +79,7 @@ func (s *Store) flusher() {
 		case <-s.wb.stop:
 			return
 		case <-s.wb.kick:
-			if err := s.flush(); err != nil {
-				s.wb.mu.Lock()
-				if s.wb.err == nil {
-					s.wb.err = err
-				}
-				s.wb.mu.Unlock()
-			}
+			_ = s.flush() // a failure is kept in wb.err: the next Commit returns it
 		}
 	}
 }
