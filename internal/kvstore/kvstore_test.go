@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"testing"
 )
 
@@ -17,17 +16,11 @@ import (
 type kvs map[string]string
 
 func (m kvs) Writes(fn func(k, v []byte) error) error {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+	w := make(strWrites, len(m))
+	for k, v := range m {
+		w[k] = []byte(v)
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if err := fn([]byte(k), []byte(m[k])); err != nil {
-			return err
-		}
-	}
-	return nil
+	return w.Writes(fn)
 }
 
 // failingWrites writes one key, then fails.
