@@ -165,7 +165,7 @@ func (e *Engine) groupConfig(group, replica uint64) config.Config {
 }
 
 func (e *Engine) newSM(group, replica uint64) sm.IStateMachine {
-	m := &nullSM{}
+	m := &nullSM{replica: replica}
 	e.mu.Lock()
 	e.sms[group] = append(e.sms[group], m)
 	e.mu.Unlock()
@@ -327,7 +327,10 @@ func (b engineBackend) Leader(group uint64) (uint64, uint64, bool) {
 // entry as a raftv1.Batch and answers a BatchResult of empty CommandResults, one per
 // command: that decode/encode is the minimum the router needs (it checks Value ==
 // ondisk.ResultApplied and one result per command), so it is part of the ceiling too.
+// Like the ledger's replicas, only the one the proposer waits on encodes the results
+// (Batch.result_replica_id).
 type nullSM struct {
+	replica   uint64
 	commands  atomic.Int64
 	transfers atomic.Int64
 }
@@ -338,15 +341,20 @@ func (m *nullSM) Update(ent sm.Entry) (sm.Result, error) {
 		// An error from Update stops the NodeHost: answer a result the router refuses.
 		return sm.Result{Value: 0}, nil
 	}
-	out := &raftv1.BatchResult{Results: make([]*raftv1.CommandResult, len(b.Commands))}
 	var transfers int64
-	for i, c := range b.Commands {
-		out.Results[i] = &raftv1.CommandResult{}
+	for _, c := range b.Commands {
 		transfers += int64(len(c.GetCreateTransfers().GetTransfers()))
 	}
-	data, err := proto.Marshal(out)
-	if err != nil {
-		return sm.Result{Value: 0}, nil
+	var data []byte
+	if r := b.GetResultReplicaId(); r == 0 || r == m.replica {
+		out := &raftv1.BatchResult{Results: make([]*raftv1.CommandResult, len(b.Commands))}
+		for i := range out.Results {
+			out.Results[i] = &raftv1.CommandResult{}
+		}
+		var err error
+		if data, err = proto.Marshal(out); err != nil {
+			return sm.Result{Value: 0}, nil
+		}
 	}
 	m.commands.Add(int64(len(b.Commands)))
 	m.transfers.Add(transfers)

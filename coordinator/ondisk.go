@@ -24,9 +24,10 @@ func NewCore(onApplied func(group uint64, results []*raftv1.BatchResult)) diskrs
 	}
 }
 
-// Factory returns dragonboat's constructor for coordinator replicas under dataDir.
-func Factory(dataDir string, core diskrsm.Core) sm.CreateOnDiskStateMachineFunc {
-	return diskrsm.Factory(dataDir, core)
+// Factory returns dragonboat's constructor for coordinator replicas under dataDir, with
+// blocks as their block cache (nil: one each).
+func Factory(dataDir string, core diskrsm.Core, blocks *kvstore.Cache) sm.CreateOnDiskStateMachineFunc {
+	return diskrsm.Factory(dataDir, core, blocks)
 }
 
 // Read answers a coordinator query.

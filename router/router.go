@@ -423,7 +423,10 @@ func (r *Router) runQueue(shardID uint64, q *shardQueue) {
 }
 
 func (r *Router) proposeBatch(shardID uint64, batch []*pending) {
-	b := &raftv1.Batch{Commands: make([]*raftv1.Command, len(batch))}
+	i, be := r.backend(shardID)
+	// The results come back through the replica on the proposing node: the others
+	// need not encode them.
+	b := &raftv1.Batch{Commands: make([]*raftv1.Command, len(batch)), ResultReplicaId: be.ID()}
 	for i, p := range batch {
 		b.Commands[i] = p.cmd
 	}
@@ -437,7 +440,6 @@ func (r *Router) proposeBatch(shardID uint64, batch []*pending) {
 		fail(fmt.Errorf("marshal batch: %w", err))
 		return
 	}
-	i, be := r.backend(shardID)
 	ctx, cancel := context.WithTimeout(r.ctx, r.opts.ProposalTimeout)
 	res, err := be.Propose(ctx, shardID, data)
 	cancel()

@@ -265,12 +265,13 @@ func runSuite(ctx context.Context, args []string) error {
 	fs.IntVar(&o.BatchConcurrency, "batch-concurrency", 4, "concurrent batched requests")
 	fs.DurationVar(&o.Duration, "duration", 20*time.Second, "measured duration of each run")
 	fs.DurationVar(&o.Warmup, "warmup", 3*time.Second, "warm-up of each run")
+	fs.DurationVar(&o.BigWarmup, "big-warmup", 60*time.Second, "warm-up of the first large-population run (cold block caches after the bulk load)")
 	fs.BoolVar(&o.SkipPostgres, "skip-postgres", false, "do not run the PostgreSQL baseline")
 	fs.BoolVar(&o.SkipEngine, "skip-engine", false, "do not run the engine ceiling")
 	fs.IntVar(&o.Repeats, "repeats", 3, "runs of each headline workload; its row is the median run")
 	_ = fs.Parse(args)
 	if *quick {
-		o.Duration, o.Warmup, o.Accounts, o.BigAccounts, o.Batch = 3*time.Second, time.Second, 2_000, 20_000, 200
+		o.Duration, o.Warmup, o.BigWarmup, o.Accounts, o.BigAccounts, o.Batch = 3*time.Second, time.Second, time.Second, 2_000, 20_000, 200
 		repeatsSet := false
 		fs.Visit(func(f *flag.Flag) { repeatsSet = repeatsSet || f.Name == "repeats" })
 		if !repeatsSet {

@@ -59,9 +59,10 @@ func main() {
 func usage() {
 	fmt.Fprint(os.Stderr, `usage:
   ledgerd dev   [--data-dir ./data/dev] [--listen localhost:8080] [--raft-port-base 63001] [--shards 4]
-                [--coordinators 1] [--pprof ADDR]
+                [--coordinators 1] [--block-cache-mb 1024] [--pprof ADDR]
   ledgerd start --node-id N --raft-addr HOST:PORT --members 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT
                 --data-dir DIR [--listen HOST:PORT] [--shards 4] [--slots 4096] [--zone Z]
+                [--block-cache-mb 1024]
 `)
 }
 
@@ -76,6 +77,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	shards := fs.Int("shards", 4, "account shards (fixed when the data dir is created)")
 	coords := fs.Int("coordinators", devCoordinators, "coordinator groups (fixed when the data dir is created)")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (debugging)")
+	cacheMB := fs.Int64("block-cache-mb", node.BlockCacheBytesDefault>>20, "block cache of each node, shared by its stores (MiB)")
 	_ = fs.Parse(args)
 	node.QuietDragonboat()
 	servePprof(log, *pprofAddr)
@@ -95,7 +97,7 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 		CoordinatorCount: *coords, SlotCount: 4096, RTTMillisecond: 20,
 		// Elections after 500 ms of silence: three nodes share this process's CPUs, and a
 		// saturated machine must not mistake a busy leader for a dead one.
-		ElectionRTT: 25, Logger: log})
+		ElectionRTT: 25, BlockCacheBytes: *cacheMB << 20, Logger: log})
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("start dev cluster: %w", err)
@@ -160,6 +162,7 @@ func runStart(ctx context.Context, log *slog.Logger, args []string) error {
 	slots := fs.Uint("slots", 4096, "hash slots (fixed at cluster creation)")
 	zone := fs.String("zone", "", "placement label")
 	rtt := fs.Uint64("rtt-ms", 50, "network round trip in ms")
+	cacheMB := fs.Int64("block-cache-mb", node.BlockCacheBytesDefault>>20, "block cache shared by this node's stores (MiB)")
 	_ = fs.Parse(args)
 	node.QuietDragonboat()
 	members, err := parseMembers(*membersFlag)
@@ -169,7 +172,7 @@ func runStart(ctx context.Context, log *slog.Logger, args []string) error {
 	hub := coordinator.NewHub()
 	n, err := node.Start(node.Config{NodeID: *id, RaftAddress: *raftAddr, Zone: *zone, DataDir: *dataDir,
 		Members: members, ShardCount: *shards, CoordinatorCount: *coords, RTTMillisecond: *rtt, Logger: log,
-		OnCoordinatorApplied: hub.Notify})
+		BlockCacheBytes: *cacheMB << 20, OnCoordinatorApplied: hub.Notify})
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,8 @@ type Config struct {
 	RTTMillisecond   uint64
 	// ElectionRTT in RTTs (default: node's default).
 	ElectionRTT uint64
+	// BlockCacheBytes is each node's block cache (default: node's default).
+	BlockCacheBytes int64
 	// TransportFactory replaces the TCP transport (tests use internal/faultnet).
 	TransportFactory config.TransportFactory
 	Router           router.Options
@@ -117,7 +119,8 @@ func (l *Local) nodeConfig(i int) node.Config {
 		NodeID: id, RaftAddress: l.cfg.RaftAddresses[i], Zone: fmt.Sprintf("zone-%d", id),
 		DataDir: filepath.Join(l.cfg.Dir, fmt.Sprintf("node-%d", id)), Members: members,
 		ShardCount: l.cfg.ShardCount, CoordinatorCount: l.cfg.CoordinatorCount,
-		RTTMillisecond: l.cfg.RTTMillisecond, ElectionRTT: l.cfg.ElectionRTT, TransportFactory: l.cfg.TransportFactory, Logger: l.cfg.Logger,
+		RTTMillisecond: l.cfg.RTTMillisecond, ElectionRTT: l.cfg.ElectionRTT, BlockCacheBytes: l.cfg.BlockCacheBytes,
+		TransportFactory: l.cfg.TransportFactory, Logger: l.cfg.Logger,
 	}
 }
 

@@ -49,12 +49,14 @@ type Core struct {
 
 // StateMachine is one replica.
 type StateMachine struct {
-	shardID uint64
-	dir     string
-	core    Core
-	store   *kvstore.Store
-	cache   *applyCache   // apply path only
-	filter  *absentFilter // apply path only; nil when the core names no families
+	shardID   uint64
+	replicaID uint64 // 0 (made by New): encodes every entry's results
+	dir       string
+	core      Core
+	blocks    *kvstore.Cache // shared block cache; nil: the store's own
+	store     *kvstore.Store
+	cache     *applyCache   // apply path only
+	filter    *absentFilter // apply path only; nil when the core names no families
 }
 
 var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
@@ -62,11 +64,13 @@ var _ sm.IOnDiskStateMachine = (*StateMachine)(nil)
 // The overlay is merged into the store's pending writes without copies (kvstore.Commit).
 var _ kvstore.StringWrites = (*ledger.Overlay)(nil)
 
-// Factory returns dragonboat's constructor for replicas stored under dataDir.
-func Factory(dataDir string, core Core) sm.CreateOnDiskStateMachineFunc {
+// Factory returns dragonboat's constructor for replicas stored under dataDir, their
+// stores sharing blocks (nil: a cache of their own each).
+func Factory(dataDir string, core Core, blocks *kvstore.Cache) sm.CreateOnDiskStateMachineFunc {
 	return func(shardID, replicaID uint64) sm.IOnDiskStateMachine {
 		m := New(filepath.Join(dataDir, fmt.Sprintf("shard-%d-replica-%d", shardID, replicaID)), core)
-		m.shardID = shardID
+		m.shardID, m.replicaID = shardID, replicaID
+		m.blocks = blocks
 		return m
 	}
 }
@@ -79,7 +83,7 @@ func (s *StateMachine) Open(<-chan struct{}) (uint64, error) {
 	if err := os.MkdirAll(s.dir, 0o750); err != nil {
 		return 0, fmt.Errorf("create %s: %w", s.dir, err)
 	}
-	st, err := kvstore.Open(s.dir)
+	st, err := kvstore.Open(s.dir, s.blocks)
 	if err != nil {
 		return 0, err
 	}
@@ -127,13 +131,15 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		all = make([]*raftv1.BatchResult, 0, len(entries))
 	}
 	for i := range entries {
-		res, err := applyEntry(a, entries[i].Cmd)
+		res, resultReplica, err := applyEntry(a, entries[i].Cmd)
 		if err != nil {
 			return nil, fmt.Errorf("apply entry %d: %w", entries[i].Index, err)
 		}
-		data, err := proto.Marshal(res)
-		if err != nil {
-			return nil, fmt.Errorf("marshal result: %w", err)
+		var data []byte
+		if resultReplica == 0 || resultReplica == s.replicaID {
+			if data, err = proto.Marshal(res); err != nil {
+				return nil, fmt.Errorf("marshal result: %w", err)
+			}
 		}
 		entries[i].Result = sm.Result{Value: ResultApplied, Data: data}
 		if all != nil {
@@ -155,14 +161,17 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	return entries, nil
 }
 
-func applyEntry(a Applier, cmd []byte) (*raftv1.BatchResult, error) {
+// applyEntry applies one entry; it returns the results and the replica that encodes
+// them for its proposer (Batch.result_replica_id: 0 for every replica).
+func applyEntry(a Applier, cmd []byte) (*raftv1.BatchResult, uint64, error) {
 	b := &raftv1.Batch{}
 	if err := proto.Unmarshal(cmd, b); err != nil {
 		// Never applied; every replica decodes the same bytes the same way.
 		return &raftv1.BatchResult{Results: []*raftv1.CommandResult{{
-			Refusal: raftv1.Refusal_REFUSAL_MALFORMED, Message: "entry does not decode: " + err.Error()}}}, nil
+			Refusal: raftv1.Refusal_REFUSAL_MALFORMED, Message: "entry does not decode: " + err.Error()}}}, 0, nil
 	}
-	return a.ApplyBatch(b)
+	res, err := a.ApplyBatch(b)
+	return res, b.GetResultReplicaId(), err
 }
 
 // Lookup serves reads: a *raftv1.Query, answered with a *raftv1.QueryResult.

@@ -27,9 +27,10 @@ var ErrStopped = errors.New("snapshot stopped")
 
 // Limits.
 const (
-	cacheBytes      = 32 << 20
-	bloomBitsPerKey = 10
-	memTableBytes   = 8 << 20
+	// CacheBytesDefault is the block cache of a store opened without a shared Cache.
+	CacheBytesDefault = 32 << 20
+	bloomBitsPerKey   = 10
+	memTableBytes     = 8 << 20
 	// L0 sublevels that start a compaction out of L0 (pebble's default is 4). Keys
 	// arrive in random order (ids, accounts), so every flush overlaps all of the base
 	// level and each L0 compaction rewrites it: waiting for 16 sublevels rewrites it a
@@ -49,10 +50,27 @@ type Store struct {
 	wb writeBehind // committed writes not yet in pebble (pending.go)
 }
 
-// Open opens (or creates) the database in dir.
-func Open(dir string) (*Store, error) {
-	cache := pebble.NewCache(cacheBytes)
-	defer cache.Unref()
+// Cache is a block cache (uncompressed sstable blocks) that several stores share: a
+// node gives all its replicas one, so the groups that are read most get most of it.
+type Cache struct{ c *pebble.Cache }
+
+// NewCache returns a cache of at most bytes (allocated as blocks are cached). Release
+// it with Close once every store using it is closed.
+func NewCache(bytes int64) *Cache { return &Cache{c: pebble.NewCache(bytes)} }
+
+// Close drops the caller's reference (stores still open keep theirs).
+func (c *Cache) Close() { c.c.Unref() }
+
+// Open opens (or creates) the database in dir with its block cache in cache; nil gives
+// it a cache of its own of CacheBytesDefault.
+func Open(dir string, cache *Cache) (*Store, error) {
+	var pc *pebble.Cache
+	if cache == nil {
+		pc = pebble.NewCache(CacheBytesDefault)
+		defer pc.Unref() // the store holds its own reference
+	} else {
+		pc = cache.c
+	}
 	// Bloom filters on every level: the apply path looks up many keys that do not exist
 	// yet (a new transfer id, branch or transaction), and without a filter each such miss
 	// reads a block of every sstable whose key range covers it.
@@ -62,7 +80,7 @@ func Open(dir string) (*Store, error) {
 	}
 	db, err := pebble.Open(dir, &pebble.Options{
 		Comparer:              pointComparer(),
-		Cache:                 cache,
+		Cache:                 pc,
 		Levels:                levels,
 		MemTableSize:          memTableBytes,
 		L0CompactionThreshold: l0CompactionSublevels,

@@ -49,7 +49,7 @@ func newTestHasher() Hasher { return &testHasher{} }
 
 func openStore(t *testing.T, dir string) *Store {
 	t.Helper()
-	s, err := Open(dir)
+	s, err := Open(dir, nil)
 	if err != nil {
 		t.Fatalf("open %s: %v", dir, err)
 	}
@@ -192,6 +192,34 @@ func TestCommitGetApplied(t *testing.T) {
 	wantApplied(t, s2, 7)
 	wantGet(t, s2, "a/1", "one", true)
 	wantGet(t, s2, "a/2", "deux", true)
+}
+
+// Stores sharing a block cache keep their data apart (the cache is keyed by store and
+// file), and the cache outlives the caller's reference until the last store closes.
+func TestSharedCache(t *testing.T) {
+	cache := NewCache(8 << 20)
+	var stores []*Store
+	for i := range 3 {
+		s, err := Open(t.TempDir(), cache)
+		if err != nil {
+			t.Fatalf("open store %d: %v", i, err)
+		}
+		stores = append(stores, s)
+		// Same keys, different values: each must read back its own.
+		mustCommit(t, s, kvs{"a/1": fmt.Sprint("v", i), "a/2": fmt.Sprint("w", i)}, uint64(i+1))
+		if err := s.Sync(); err != nil { // to sstables: reads go through the block cache
+			t.Fatalf("sync store %d: %v", i, err)
+		}
+	}
+	cache.Close() // the stores hold their own references
+	for i, s := range stores {
+		wantGet(t, s, "a/1", fmt.Sprint("v", i), true)
+		wantGet(t, s, "a/2", fmt.Sprint("w", i), true)
+		wantApplied(t, s, uint64(i+1))
+		if err := s.Close(); err != nil {
+			t.Fatalf("close store %d: %v", i, err)
+		}
+	}
 }
 
 func TestCommitWritesErrorWritesNothing(t *testing.T) {

@@ -20,6 +20,7 @@ import (
 	sm "github.com/lni/dragonboat/v4/statemachine"
 
 	"github.com/shardledger/shardledger/coordinator"
+	"github.com/shardledger/shardledger/internal/kvstore"
 	"github.com/shardledger/shardledger/ledger/ondisk"
 	"github.com/shardledger/shardledger/meta"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
@@ -50,6 +51,9 @@ type Config struct {
 	RTTMillisecond uint64
 	// ElectionRTT in RTTs (default 10).
 	ElectionRTT uint64
+	// BlockCacheBytes is the block cache all the node's state machine stores share
+	// (default BlockCacheBytesDefault).
+	BlockCacheBytes int64
 	// TransportFactory replaces dragonboat's TCP transport (tests inject faults).
 	TransportFactory config.TransportFactory
 	Logger           *slog.Logger
@@ -57,9 +61,10 @@ type Config struct {
 
 // Node is a running node.
 type Node struct {
-	cfg Config
-	nh  *dragonboat.NodeHost
-	log *slog.Logger
+	cfg    Config
+	nh     *dragonboat.NodeHost
+	blocks *kvstore.Cache // shared by the replicas' stores
+	log    *slog.Logger
 }
 
 // QuietDragonboat lowers dragonboat's own loggers to errors (elections are logged as warnings).
@@ -90,6 +95,12 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.ElectionRTT == 0 {
 		cfg.ElectionRTT = 10
 	}
+	if cfg.BlockCacheBytes == 0 {
+		cfg.BlockCacheBytes = BlockCacheBytesDefault
+	}
+	if cfg.BlockCacheBytes < BlockCacheBytesMin || cfg.BlockCacheBytes > BlockCacheBytesMax {
+		return nil, fmt.Errorf("node: block cache %d bytes out of range %d-%d", cfg.BlockCacheBytes, BlockCacheBytesMin, BlockCacheBytesMax)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -110,9 +121,10 @@ func Start(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("node %d: new nodehost: %w", cfg.NodeID, err)
 	}
-	n := &Node{cfg: cfg, nh: nh, log: cfg.Logger.With("node", cfg.NodeID)}
+	n := &Node{cfg: cfg, nh: nh, log: cfg.Logger.With("node", cfg.NodeID), blocks: kvstore.NewCache(cfg.BlockCacheBytes)}
 	if err := n.startReplicas(smDir); err != nil {
 		nh.Close()
+		n.blocks.Close()
 		return nil, err
 	}
 	return n, nil
@@ -121,6 +133,18 @@ func Start(cfg Config) (*Node, error) {
 func (n *Node) groupConfig(shardID uint64) config.Config {
 	return GroupConfig(shardID, n.cfg.NodeID, n.cfg.ElectionRTT)
 }
+
+// Block cache limits of a node (Config.BlockCacheBytes). One cache serves every store
+// of the node, so a group's share follows its reads (each store had 32 MiB of its own
+// before). The default holds the blocks of 10 million accounts (4 shards: 370 MB of
+// sstables per node); pebble allocates it as blocks are cached. With 10 million
+// accounts an account read that misses the cache costs a pread and a decompression
+// (half of all CPU in a profile of a cold run).
+const (
+	BlockCacheBytesDefault int64 = 1 << 30
+	BlockCacheBytesMin     int64 = 8 << 20
+	BlockCacheBytesMax     int64 = 64 << 30
+)
 
 // EngineShardsDefault is the number of raft step workers, and of LogDB shards, of a new
 // NodeHost. With one, every group a worker pass touches saves its raft state and entries
@@ -216,7 +240,7 @@ func (n *Node) startReplicas(smDir string) error {
 	if err := n.nh.StartReplica(members, false, meta.NewStateMachine, n.groupConfig(MetaShardID)); err != nil {
 		return fmt.Errorf("node %d: start meta replica: %w", n.cfg.NodeID, err)
 	}
-	factory := ondisk.Factory(smDir)
+	factory := ondisk.Factory(smDir, n.blocks)
 	for _, id := range n.ShardIDs() {
 		m := n.cfg.Members
 		if n.nh.HasNodeInfo(id, n.cfg.NodeID) {
@@ -226,7 +250,7 @@ func (n *Node) startReplicas(smDir string) error {
 			return fmt.Errorf("node %d: start shard %d: %w", n.cfg.NodeID, id, err)
 		}
 	}
-	cf := coordinator.Factory(smDir, coordinator.NewCore(n.cfg.OnCoordinatorApplied))
+	cf := coordinator.Factory(smDir, coordinator.NewCore(n.cfg.OnCoordinatorApplied), n.blocks)
 	for _, id := range n.CoordinatorGroups() {
 		m := n.cfg.Members
 		if n.nh.HasNodeInfo(id, n.cfg.NodeID) {
@@ -307,6 +331,7 @@ func (n *Node) Leader(shardID uint64) (leader, term uint64, ok bool) {
 // Close stops every replica and the NodeHost.
 func (n *Node) Close() {
 	n.nh.Close()
+	n.blocks.Close() // after the stores: each holds its own reference until closed
 }
 
 // NodeHost exposes the NodeHost for tests and tools.

@@ -28,8 +28,11 @@ var Core = diskrsm.Core{
 	AbsentPrefixes: ledger.MostlyNewKeyPrefixes(),
 }
 
-// Factory returns dragonboat's constructor for shard replicas stored under dataDir.
-func Factory(dataDir string) sm.CreateOnDiskStateMachineFunc { return diskrsm.Factory(dataDir, Core) }
+// Factory returns dragonboat's constructor for shard replicas stored under dataDir, with
+// blocks as their block cache (nil: one each).
+func Factory(dataDir string, blocks *kvstore.Cache) sm.CreateOnDiskStateMachineFunc {
+	return diskrsm.Factory(dataDir, Core, blocks)
+}
 
 // New returns a shard replica whose pebble database lives in dir.
 func New(dir string) *StateMachine { return diskrsm.New(dir, Core) }

@@ -708,7 +708,7 @@ func TestReplicasDeterministic(t *testing.T) {
 // TestFactory checks the constructor dragonboat calls.
 func TestFactory(t *testing.T) {
 	dir := t.TempDir()
-	built := Factory(dir)(3, 5)
+	built := Factory(dir, nil)(3, 5)
 	m, ok := built.(*StateMachine)
 	if !ok {
 		t.Fatalf("factory built %T", built)
@@ -720,6 +720,57 @@ func TestFactory(t *testing.T) {
 		t.Fatalf("open: %d, %v", idx, err)
 	}
 	closeSM(t, m)
+}
+
+// TestResultReplica: only the replica named by Batch.result_replica_id encodes an
+// entry's results (its node's proposer waits for them); with none named, every replica
+// does. The state is the same on every replica either way.
+func TestResultReplica(t *testing.T) {
+	dir := t.TempDir()
+	cmds := func(result uint64) []sm.Entry {
+		var es []sm.Entry
+		for i, c := range []*raftv1.Command{cmdAssign(), cmdAccounts(acct("a"), acct("b")), cmdTransfers(xfer("t1", "a", "b", 5))} {
+			c.TimestampUnixNano = t0 + int64(i)
+			b, err := proto.Marshal(&raftv1.Batch{Commands: []*raftv1.Command{c}, ResultReplicaId: result})
+			if err != nil {
+				t.Fatal(err)
+			}
+			es = append(es, sm.Entry{Index: uint64(i + 1), Cmd: b})
+		}
+		return es
+	}
+	var hashes [][]byte
+	for _, tc := range []struct {
+		replica, named uint64
+		encodes        bool
+	}{{1, 1, true}, {2, 1, false}, {3, 0, true}} {
+		m := Factory(dir, nil)(7, tc.replica).(*StateMachine)
+		if _, err := m.Open(nil); err != nil {
+			t.Fatalf("open replica %d: %v", tc.replica, err)
+		}
+		got := update(t, m, cmds(tc.named))
+		for _, e := range got {
+			if has := len(e.Result.Data) > 0; has != tc.encodes {
+				t.Fatalf("replica %d, entry %d naming replica %d: results encoded %v, want %v", tc.replica, e.Index, tc.named, has, tc.encodes)
+			}
+			if tc.encodes {
+				for _, r := range decodeResult(t, e).Results {
+					mustAccept(t, e.Index, r)
+				}
+			}
+		}
+		h, applied := stateHash(t, m)
+		if applied != 3 {
+			t.Fatalf("replica %d: applied %d, want 3", tc.replica, applied)
+		}
+		hashes = append(hashes, h)
+		closeSM(t, m)
+	}
+	for i := 1; i < len(hashes); i++ {
+		if !bytes.Equal(hashes[i], hashes[0]) {
+			t.Fatalf("replica state %d differs: %x vs %x", i, hashes[i], hashes[0])
+		}
+	}
 }
 
 // TestRetriesAfterReopenAndRecovery: the apply path answers lookups of transfer ids and

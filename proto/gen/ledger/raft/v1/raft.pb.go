@@ -266,10 +266,14 @@ func (EventKind) EnumDescriptor() ([]byte, []int) {
 
 // Batch is one raft entry of an account shard: many commands, applied in order.
 type Batch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Commands      []*Command             `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Commands []*Command             `protobuf:"bytes,1,rep,name=commands,proto3" json:"commands,omitempty"`
+	// The replica whose node proposed the entry: only there does anybody wait for the
+	// results, so only that replica encodes them (the others skip the work; results are
+	// not state). 0: every replica encodes them.
+	ResultReplicaId uint64 `protobuf:"varint,2,opt,name=result_replica_id,json=resultReplicaId,proto3" json:"result_replica_id,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Batch) Reset() {
@@ -307,6 +311,13 @@ func (x *Batch) GetCommands() []*Command {
 		return x.Commands
 	}
 	return nil
+}
+
+func (x *Batch) GetResultReplicaId() uint64 {
+	if x != nil {
+		return x.ResultReplicaId
+	}
+	return 0
 }
 
 // Command is one fully determined operation. Everything that could differ between
@@ -2999,9 +3010,10 @@ var File_ledger_raft_v1_raft_proto protoreflect.FileDescriptor
 
 const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\n" +
-	"\x19ledger/raft/v1/raft.proto\x12\x0eledger.raft.v1\x1a\x16ledger/v1/ledger.proto\"<\n" +
+	"\x19ledger/raft/v1/raft.proto\x12\x0eledger.raft.v1\x1a\x16ledger/v1/ledger.proto\"h\n" +
 	"\x05Batch\x123\n" +
-	"\bcommands\x18\x01 \x03(\v2\x17.ledger.raft.v1.CommandR\bcommands\"\x97\x06\n" +
+	"\bcommands\x18\x01 \x03(\v2\x17.ledger.raft.v1.CommandR\bcommands\x12*\n" +
+	"\x11result_replica_id\x18\x02 \x01(\x04R\x0fresultReplicaId\"\x97\x06\n" +
 	"\aCommand\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x01 \x01(\x03R\x11timestampUnixNano\x12I\n" +
 	"\x0fcreate_accounts\x18\n" +
