@@ -54,8 +54,9 @@ type Store struct {
 // node gives all its replicas one, so the groups that are read most get most of it.
 type Cache struct{ c *pebble.Cache }
 
-// NewCache returns a cache of at most bytes (allocated as blocks are cached). Release
-// it with Close once every store using it is closed.
+// NewCache returns a cache of at most bytes (allocated as blocks are cached). Close it
+// once no more stores will be opened with it; stores open then keep their own
+// reference until they close.
 func NewCache(bytes int64) *Cache { return &Cache{c: pebble.NewCache(bytes)} }
 
 // Close drops the caller's reference (stores still open keep theirs).
