@@ -119,3 +119,14 @@ func TestEngineShardsOpensOldData(t *testing.T) {
 		t.Fatalf("open the old directory with its recorded count: %v", err)
 	}
 }
+
+// A block cache outside its limits is refused before anything starts.
+func TestStartRefusesBlockCacheOutOfRange(t *testing.T) {
+	for _, b := range []int64{BlockCacheBytesMin - 1, BlockCacheBytesMax + 1, -1} {
+		_, err := Start(Config{NodeID: 1, RaftAddress: "127.0.0.1:1", DataDir: t.TempDir(),
+			Members: map[uint64]string{1: "127.0.0.1:1"}, ShardCount: 1, BlockCacheBytes: b})
+		if err == nil || !strings.Contains(err.Error(), "block cache") {
+			t.Fatalf("block cache %d bytes: got %v, want a block cache range error", b, err)
+		}
+	}
+}
