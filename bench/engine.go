@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -54,6 +55,8 @@ type Engine struct {
 
 	mu  sync.Mutex
 	sms map[uint64][]*nullSM // per group, one per replica
+
+	procsPrev int // GOMAXPROCS before StartEngine (0: unchanged)
 }
 
 var _ Target = (*Engine)(nil)
@@ -79,6 +82,11 @@ func StartEngine(ctx context.Context, opts EngineOptions) (*Engine, error) {
 	}
 	node.QuietDragonboat()
 	e := &Engine{opts: opts, dir: opts.Dir, sms: map[uint64][]*nullSM{}}
+	// The NodeHosts run in this process: give it the Go processors a ledger node runs
+	// with (node.SetProcs), restored by Close.
+	if procs, prev := node.SetProcs(); procs != prev {
+		e.procsPrev = prev
+	}
 	if e.dir == "" {
 		d, err := os.MkdirTemp("", "shardledger-engine-")
 		if err != nil {
@@ -292,6 +300,10 @@ func (e *Engine) Close() error {
 		nh.Close()
 	}
 	e.nhs = nil
+	if e.procsPrev != 0 {
+		runtime.GOMAXPROCS(e.procsPrev)
+		e.procsPrev = 0
+	}
 	if e.rmDir {
 		e.rmDir = false
 		return os.RemoveAll(e.dir)

@@ -26,10 +26,14 @@ type SuiteOptions struct {
 	Batch            int
 	BatchConcurrency int
 	Duration, Warmup time.Duration
-	// BigWarmup is the warm-up of the first large-population run (default 60 s): the
+	// BigWarmup is the warm-up of the first large-population run (default 3 min): the
 	// bulk load leaves every node's block cache cold, and with 10 million accounts
-	// (uniform) a short warm-up measures the cache filling (20 s runs in a row on one
-	// cluster: 1,313, 1,724, 1,852, 1,752 transfers/s), not the ledger as it runs.
+	// (uniform) a short warm-up measures the cache filling, not the ledger as it runs.
+	// One restarted dev cluster, 1 GiB of cache per node, 20 s runs (the first three
+	// after 40 s of warm-up each): 3,370, 3,181, 4,372, 4,176, 4,683, 4,706 transfers/s
+	// (10 k accounts: 5,145–5,502); 2 GiB per node: 3,638, 3,767, 3,779, 4,626, 4,673,
+	// 4,059 (the cache's size is not what limits). A 60 s warm-up measured 0.73× of
+	// 10 k (suite of 2026-12-02 21:47), all three runs in the plateau before the rise.
 	BigWarmup time.Duration
 	// CrossSweep are the cross-shard ratios of the sweep (0 and 1 always run).
 	CrossSweep []float64
@@ -90,7 +94,7 @@ func (o *SuiteOptions) defaults() {
 		o.Warmup = 3 * time.Second
 	}
 	if o.BigWarmup == 0 {
-		o.BigWarmup = 60 * time.Second
+		o.BigWarmup = 3 * time.Minute
 	}
 	if o.CrossSweep == nil {
 		o.CrossSweep = []float64{0.25, 0.5, 0.75}

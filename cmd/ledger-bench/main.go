@@ -23,6 +23,7 @@ import (
 
 	"github.com/shardledger/shardledger/bench"
 	"github.com/shardledger/shardledger/internal/node"
+	"github.com/shardledger/shardledger/ledger"
 )
 
 func main() {
@@ -210,7 +211,9 @@ func runOne(ctx context.Context, args []string) error {
 			return err
 		}
 		t = e
-		shardOf = func(id string) uint64 { return uint64(len(id))%4 + 1 } // spread over the engine's groups
+		// Spread over the engine's groups as the ledger spreads accounts over its shards
+		// (the hash slot of the id; the dev cluster's 4,096 slots over 4 shards).
+		shardOf = func(id string) uint64 { return uint64(ledger.SlotOf(id, ledger.SlotCountDefault))%4 + 1 }
 	case *target == "postgres":
 		pg, err := bench.StartPostgres(ctx, bench.PostgresOptions{Concurrency: w.Concurrency})
 		if err != nil {
@@ -265,7 +268,7 @@ func runSuite(ctx context.Context, args []string) error {
 	fs.IntVar(&o.BatchConcurrency, "batch-concurrency", 4, "concurrent batched requests")
 	fs.DurationVar(&o.Duration, "duration", 20*time.Second, "measured duration of each run")
 	fs.DurationVar(&o.Warmup, "warmup", 3*time.Second, "warm-up of each run")
-	fs.DurationVar(&o.BigWarmup, "big-warmup", 60*time.Second, "warm-up of the first large-population run (cold block caches after the bulk load)")
+	fs.DurationVar(&o.BigWarmup, "big-warmup", 3*time.Minute, "warm-up of the first large-population run (cold block caches after the bulk load)")
 	fs.BoolVar(&o.SkipPostgres, "skip-postgres", false, "do not run the PostgreSQL baseline")
 	fs.BoolVar(&o.SkipEngine, "skip-engine", false, "do not run the engine ceiling")
 	fs.IntVar(&o.Repeats, "repeats", 3, "runs of each headline workload; its row is the median run")

@@ -36,6 +36,10 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if os.Args[1] == "dev" || os.Args[1] == "start" {
+		procs, def := node.SetProcs()
+		log.Info("go processors", "gomaxprocs", procs, "runtime_default", def)
+	}
 	var err error
 	switch os.Args[1] {
 	case "dev":
