@@ -121,8 +121,8 @@ func (r *Report) Markdown() string {
 	if len(r.Results) == 0 {
 		b.WriteString("No results.\n\n")
 	} else {
-		b.WriteString("| name | target | cross % (configured / measured) | batch | concurrency | rate (open loop, req/s) | accounts | transfers/s | runs (transfers/s) | p50 | p90 | p99 | p99.9 | max (ms) | errors | retries | CPU s per 1k transfers |\n")
-		b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|\n")
+		b.WriteString("| name | target | cross % (configured / measured) | batch | concurrency | rate (open loop, req/s) | accounts | transfers/s | runs (transfers/s) | p50 | p90 | p99 | p99.9 | max (ms) | errors | retries | CPU s per 1k transfers | CPU steal % |\n")
+		b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|\n")
 		for _, res := range r.Results {
 			if res == nil {
 				continue
@@ -139,6 +139,10 @@ func (r *Report) Markdown() string {
 			cpu := "—"
 			if res.CPUSecondsPer1k > 0 {
 				cpu = formatSig(res.CPUSecondsPer1k, 3, 4)
+			}
+			steal := "—"
+			if res.StealPct != nil {
+				steal = strconv.FormatFloat(*res.StealPct, 'f', 1, 64)
 			}
 			cells := []string{
 				mdCell(res.Name),
@@ -158,6 +162,7 @@ func (r *Report) Markdown() string {
 				mdCell(formatErrors(res.Errors)),
 				formatInt(res.Retries),
 				cpu,
+				steal,
 			}
 			b.WriteString("| " + strings.Join(cells, " | ") + " |\n")
 		}

@@ -40,6 +40,8 @@ func reportResults() []*Result {
 	rs[0].Errors = map[string]int64{"unavailable": 12, "aborted": 1200, "deadline_exceeded": 3, "insufficient_funds": 7}
 	rs[0].Retries = 42
 	rs[0].CPUSecondsPer1k = 0.0123
+	steal := 7.5
+	rs[0].StealPct = &steal
 	rs[1].Note = "leader moved during the run"
 	rs[0].Workload.Zipf = 1.2
 	return rs
@@ -114,7 +116,8 @@ func TestReportMarkdown(t *testing.T) {
 		"120,000", // transfers/s with separators
 		"1.23",    // p50 with 3 significant digits
 		"1,222 (aborted 1,200, unavailable 12, insufficient_funds 7, +1 more)",
-		"0.0123", // CPU s per 1k
+		"0.0123",  // CPU s per 1k
+		"| 7.5 |", // CPU steal %
 		"30% / 30%",
 		"closed loop",
 		"leader moved during the run",
@@ -162,8 +165,8 @@ func TestReportMarkdown(t *testing.T) {
 			}
 		}
 	}
-	if header != 18 {
-		t.Errorf("results header has %d separators, want 18 (17 columns)", header)
+	if header != 19 {
+		t.Errorf("results header has %d separators, want 19 (18 columns)", header)
 	}
 }
 

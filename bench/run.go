@@ -113,6 +113,7 @@ func Run(ctx context.Context, name string, w Workload, p *Population, t Target, 
 	measured := NewRecorder()
 	rec.Store(measured)
 	cpu0, t0 := t.CPUSeconds(), time.Now()
+	stat0, stat0ok := readCPUStat()
 	ticker := time.NewTicker(time.Second)
 	deadline := time.NewTimer(w.Duration)
 loop:
@@ -133,6 +134,7 @@ loop:
 	ticker.Stop()
 	elapsed := time.Since(t0)
 	cpu1 := t.CPUSeconds()
+	stat1, stat1ok := readCPUStat()
 	rec.Store(NewRecorder()) // requests started after the window are not counted
 	stop.Store(true)
 	wg.Wait()
@@ -142,6 +144,11 @@ loop:
 	res := measured.Result(name, t.Name(), w, elapsed)
 	if cpu1 > cpu0 && res.Transfers > 0 {
 		res.CPUSecondsPer1k = (cpu1 - cpu0) / float64(res.Transfers) * 1000
+	}
+	if stat0ok && stat1ok {
+		if pct, ok := stealPct(stat0, stat1); ok {
+			res.StealPct = &pct
+		}
 	}
 	var cross, pairs int64
 	for _, pk := range pickers {

@@ -79,6 +79,10 @@ type Result struct {
 	Retries         int64            `json:"retries"`
 	// CPUSecondsPer1k is the target's CPU seconds per 1,000 transfers (0: unknown).
 	CPUSecondsPer1k float64 `json:"cpu_seconds_per_1k"`
+	// StealPct is the share of the machine's CPU time the hypervisor gave to others
+	// during the measured window, in percent (Linux; nil: unknown). On shared VMs it is
+	// what makes two runs of the same workload differ.
+	StealPct *float64 `json:"steal_pct,omitempty"`
 	// CrossMeasured is the fraction of drawn pairs that crossed shards.
 	CrossMeasured float64 `json:"cross_measured"`
 	// Runs are the transfers/s of every run of a repeated workload, in run order; the
