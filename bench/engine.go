@@ -18,9 +18,9 @@ import (
 	"github.com/lni/dragonboat/v4"
 	"github.com/lni/dragonboat/v4/config"
 	sm "github.com/lni/dragonboat/v4/statemachine"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/shardledger/shardledger/internal/node"
+	"github.com/shardledger/shardledger/internal/wire"
 	"github.com/shardledger/shardledger/ledger/ondisk"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
@@ -349,7 +349,7 @@ type nullSM struct {
 
 func (m *nullSM) Update(ent sm.Entry) (sm.Result, error) {
 	var b raftv1.Batch
-	if err := proto.Unmarshal(ent.Cmd, &b); err != nil {
+	if err := wire.Unmarshal(ent.Cmd, &b); err != nil {
 		// An error from Update stops the NodeHost: answer a result the router refuses.
 		return sm.Result{Value: 0}, nil
 	}
@@ -364,7 +364,7 @@ func (m *nullSM) Update(ent sm.Entry) (sm.Result, error) {
 			out.Results[i] = &raftv1.CommandResult{}
 		}
 		var err error
-		if data, err = proto.Marshal(out); err != nil {
+		if data, err = wire.Marshal(out); err != nil {
 			return sm.Result{Value: 0}, nil
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/shardledger/shardledger/internal/wire"
 	"github.com/shardledger/shardledger/ledger"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
@@ -97,7 +98,7 @@ func NewApplier(r ledger.Reader) (*Applier, error) {
 		return nil, fmt.Errorf("load coordinator state: %w", err)
 	}
 	if ok {
-		if err := proto.Unmarshal(v, st); err != nil {
+		if err := wire.Unmarshal(v, st); err != nil {
 			return nil, fmt.Errorf("decode coordinator state: %w", err)
 		}
 	}
@@ -222,7 +223,7 @@ func (a *Applier) getResolved(id string) (*raftv1.StoredTransfer, error) {
 		return nil, err
 	}
 	rec := &raftv1.StoredTransfer{}
-	if err := proto.Unmarshal(v, rec); err != nil {
+	if err := wire.Unmarshal(v, rec); err != nil {
 		return nil, fmt.Errorf("decode resolved transfer %q: %w", id, err)
 	}
 	return rec, nil
@@ -302,7 +303,7 @@ func (a *Applier) newRecord(txnID string, ts []*ledgerv1.Transfer) *raftv1.TxnRe
 	rec := &raftv1.TxnRecord{TxnId: txnID, FailedIndex: -1, BegunAtUnixNano: a.now,
 		Branches: Branches(txnID, ts)}
 	for _, t := range ts {
-		c := proto.Clone(t).(*ledgerv1.Transfer)
+		c := t.CloneVT()
 		c.CreatedAt = timestamppb.New(time.Unix(0, a.now).UTC())
 		rec.Transfers = append(rec.Transfers, c)
 	}
@@ -660,7 +661,7 @@ func (a *Applier) resolvePending(rp *raftv1.ResolvePending) (*raftv1.CommandResu
 	}
 	rec.ResolvedBy, rec.DecidedAtUnixNano = t.GetId(), a.now
 	a.putStatus(rec)
-	stored := proto.Clone(t).(*ledgerv1.Transfer)
+	stored := t.CloneVT()
 	stored.CreatedAt = timestamppb.New(time.Unix(0, a.now).UTC())
 	a.ov.Set(key(prefixResolved, t.GetId()), marshal(&raftv1.StoredTransfer{Transfer: stored, Status: stCreated,
 		Amount: amount, Currency: pt.Currency}))
@@ -695,7 +696,7 @@ func (a *Applier) expireTxns(e *raftv1.ExpireTxns) (*raftv1.CommandResult, error
 }
 
 func marshal(m proto.Message) []byte {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	b, err := wire.Marshal(m)
 	if err != nil {
 		panic(fmt.Sprintf("coordinator: marshal %T: %v", m, err))
 	}

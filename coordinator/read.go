@@ -3,8 +3,7 @@ package coordinator
 import (
 	"fmt"
 
-	"google.golang.org/protobuf/proto"
-
+	"github.com/shardledger/shardledger/internal/wire"
 	"github.com/shardledger/shardledger/ledger"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
@@ -29,7 +28,7 @@ func ReadTxn(r ledger.Reader, txnID string) (*raftv1.TxnRecord, error) {
 		return rec, err
 	}
 	st := &raftv1.TxnRecord{}
-	if err := proto.Unmarshal(v, st); err != nil {
+	if err := wire.Unmarshal(v, st); err != nil {
 		return nil, fmt.Errorf("decode status of txn %q: %w", txnID, err)
 	}
 	setStatus(rec, st)
@@ -68,7 +67,7 @@ func setStatus(rec, st *raftv1.TxnRecord) {
 // Branches derives from the transfers (records written before that keep theirs).
 func decodeTxn(txnID string, v []byte) (*raftv1.TxnRecord, error) {
 	rec := &raftv1.TxnRecord{}
-	if err := proto.Unmarshal(v, rec); err != nil {
+	if err := wire.Unmarshal(v, rec); err != nil {
 		return nil, fmt.Errorf("decode txn %q: %w", txnID, err)
 	}
 	if len(rec.Branches) == 0 && len(rec.Transfers) > 0 {
@@ -164,7 +163,7 @@ func readTransfer(r ledger.Reader, id string) (*ledgerv1.Transfer, error) {
 	}
 	if ok {
 		rec := &raftv1.StoredTransfer{}
-		if err := proto.Unmarshal(v, rec); err != nil {
+		if err := wire.Unmarshal(v, rec); err != nil {
 			return nil, fmt.Errorf("decode resolved %q: %w", id, err)
 		}
 		if rec.Status != stCreated {
@@ -193,7 +192,7 @@ func DisplayTransfer(rec *raftv1.TxnRecord, id string) *ledgerv1.Transfer {
 	}
 	for _, t := range rec.Transfers {
 		if t.GetId() == id {
-			c := proto.Clone(t).(*ledgerv1.Transfer)
+			c := t.CloneVT()
 			if c.Pending {
 				c.State = rec.PendingState
 			}

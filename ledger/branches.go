@@ -3,8 +3,7 @@ package ledger
 import (
 	"fmt"
 
-	"google.golang.org/protobuf/proto"
-
+	"github.com/shardledger/shardledger/internal/wire"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 )
 
@@ -26,7 +25,7 @@ func (a *Applier) getBranch(accountID, txnID string, index uint32) (*raftv1.Stor
 		return nil, err
 	}
 	rec := &raftv1.StoredBranch{}
-	if err := proto.Unmarshal(v, rec); err != nil {
+	if err := wire.Unmarshal(v, rec); err != nil {
 		return nil, fmt.Errorf("decode branch %q/%d: %w", txnID, index, err)
 	}
 	return rec, nil
@@ -77,7 +76,7 @@ func (a *Applier) prepare(p *raftv1.PrepareBranches) (*raftv1.CommandResult, err
 			res.Votes = append(res.Votes, voteOf(old, ""))
 			continue
 		}
-		rec := &raftv1.StoredBranch{Branch: proto.Clone(b).(*raftv1.Branch), State: brPrepared, Status: stCreated,
+		rec := &raftv1.StoredBranch{Branch: b.CloneVT(), State: brPrepared, Status: stCreated,
 			PreparedAtUnixNano: a.now}
 		s, msg, err := a.reserve(b)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/shardledger/shardledger/internal/wire"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
 )
@@ -44,7 +45,7 @@ func LoadShardState(r Reader) (*raftv1.ShardState, error) {
 		return nil, fmt.Errorf("load shard state: %w", err)
 	}
 	if ok {
-		if err := proto.Unmarshal(v, st); err != nil {
+		if err := wire.Unmarshal(v, st); err != nil {
 			return nil, fmt.Errorf("decode shard state: %w", err)
 		}
 	}
@@ -240,7 +241,7 @@ func (a *Applier) getAccount(id string) (*ledgerv1.Account, error) {
 		return nil, err
 	}
 	acc := &ledgerv1.Account{}
-	if err := proto.Unmarshal(v, acc); err != nil {
+	if err := wire.Unmarshal(v, acc); err != nil {
 		return nil, fmt.Errorf("decode account %q: %w", id, err)
 	}
 	return acc, nil
@@ -336,7 +337,7 @@ func assertAccount(acc *ledgerv1.Account) {
 }
 
 func mustMarshal(m proto.Message) []byte {
-	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	b, err := wire.Marshal(m)
 	if err != nil {
 		panic(fmt.Sprintf("ledger: marshal %T: %v", m, err))
 	}

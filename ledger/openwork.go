@@ -4,8 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 
-	"google.golang.org/protobuf/proto"
-
+	"github.com/shardledger/shardledger/internal/wire"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
 )
@@ -23,7 +22,7 @@ func ReadOpenWork(s Scanner) (prepared []*raftv1.StoredBranch, pending []*raftv1
 			return nil
 		}
 		b := &raftv1.StoredBranch{}
-		if err := proto.Unmarshal(v, b); err != nil {
+		if err := wire.Unmarshal(v, b); err != nil {
 			return fmt.Errorf("decode branch: %w", err)
 		}
 		prepared = append(prepared, b)
@@ -37,7 +36,7 @@ func ReadOpenWork(s Scanner) (prepared []*raftv1.StoredBranch, pending []*raftv1
 			return nil
 		}
 		t := &raftv1.StoredTransfer{}
-		if err := proto.Unmarshal(v, t); err != nil {
+		if err := wire.Unmarshal(v, t); err != nil {
 			return fmt.Errorf("decode pending transfer: %w", err)
 		}
 		pending = append(pending, t)
@@ -74,7 +73,7 @@ func ReadTotals(s Scanner) (*raftv1.Totals, error) {
 	}
 	err := s.Scan([]byte{prefixAccount}, func(_, v []byte) error {
 		a := &ledgerv1.Account{}
-		if err := proto.Unmarshal(v, a); err != nil {
+		if err := wire.Unmarshal(v, a); err != nil {
 			return fmt.Errorf("decode account: %w", err)
 		}
 		t.Accounts++
@@ -93,7 +92,7 @@ func ReadTotals(s Scanner) (*raftv1.Totals, error) {
 	}
 	err = scanIndex(s, prefixPrepared, func(v []byte) error {
 		b := &raftv1.StoredBranch{}
-		if err := proto.Unmarshal(v, b); err != nil {
+		if err := wire.Unmarshal(v, b); err != nil {
 			return fmt.Errorf("decode branch: %w", err)
 		}
 		t.PreparedBranches++
@@ -107,7 +106,7 @@ func ReadTotals(s Scanner) (*raftv1.Totals, error) {
 	}
 	err = scanIndex(s, prefixPending, func(v []byte) error {
 		p := &raftv1.StoredTransfer{}
-		if err := proto.Unmarshal(v, p); err != nil {
+		if err := wire.Unmarshal(v, p); err != nil {
 			return fmt.Errorf("decode pending transfer: %w", err)
 		}
 		t.PendingTransfers++

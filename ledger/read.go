@@ -3,8 +3,7 @@ package ledger
 import (
 	"fmt"
 
-	"google.golang.org/protobuf/proto"
-
+	"github.com/shardledger/shardledger/internal/wire"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
 )
@@ -28,7 +27,7 @@ func ReadAccounts(r Reader, ids []string) (found []*ledgerv1.Account, notFound [
 			continue
 		}
 		acc := &ledgerv1.Account{}
-		if err := proto.Unmarshal(v, acc); err != nil {
+		if err := wire.Unmarshal(v, acc); err != nil {
 			return nil, nil, fmt.Errorf("decode account %q: %w", id, err)
 		}
 		found = append(found, acc)
@@ -68,7 +67,7 @@ func readTransfer(r Reader, id string) (*ledgerv1.Transfer, error) {
 		return nil, fmt.Errorf("transfer %q is indexed but has no record", id)
 	}
 	rec := &raftv1.StoredTransfer{}
-	if err := proto.Unmarshal(v, rec); err != nil {
+	if err := wire.Unmarshal(v, rec); err != nil {
 		return nil, fmt.Errorf("decode transfer %q: %w", id, err)
 	}
 	if rec.Status != stCreated {
@@ -79,7 +78,7 @@ func readTransfer(r Reader, id string) (*ledgerv1.Transfer, error) {
 
 // Display is a stored transfer as clients see it: effective amount and currency filled in.
 func Display(rec *raftv1.StoredTransfer) *ledgerv1.Transfer {
-	t := proto.Clone(rec.Transfer).(*ledgerv1.Transfer)
+	t := rec.Transfer.CloneVT()
 	t.Amount = rec.Amount
 	t.Currency = rec.Currency
 	return t

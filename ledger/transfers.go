@@ -5,8 +5,7 @@ import (
 	"math/bits"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
+	"github.com/shardledger/shardledger/internal/wire"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
 )
@@ -150,7 +149,7 @@ func (a *Applier) storeFailure(t *ledgerv1.Transfer, o outcome) {
 }
 
 func stripForStore(t *ledgerv1.Transfer, a *Applier) *ledgerv1.Transfer {
-	c := proto.Clone(t).(*ledgerv1.Transfer)
+	c := t.CloneVT()
 	c.Linked = false
 	c.CreatedAt = a.timestamp()
 	return c
@@ -165,7 +164,7 @@ func (a *Applier) getTransfer(debitID, id string) (*raftv1.StoredTransfer, error
 		return nil, err
 	}
 	rec := &raftv1.StoredTransfer{}
-	if err := proto.Unmarshal(v, rec); err != nil {
+	if err := wire.Unmarshal(v, rec); err != nil {
 		return nil, fmt.Errorf("decode transfer %q: %w", id, err)
 	}
 	return rec, nil

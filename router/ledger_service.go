@@ -7,7 +7,6 @@ import (
 	"sync"
 
 	"connectrpc.com/connect"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/shardledger/shardledger/ledger"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
@@ -216,7 +215,7 @@ func (r *Router) CreateTransfers(ctx context.Context, req *connect.Request[ledge
 	}
 	ts := make([]*ledgerv1.Transfer, len(in))
 	for i, t := range in {
-		ts[i] = proto.Clone(t).(*ledgerv1.Transfer)
+		ts[i] = t.CloneVT()
 	}
 	if err := r.fillPendingAccounts(ctx, ts); err != nil {
 		return nil, err

@@ -16,9 +16,9 @@ import (
 	"github.com/lni/dragonboat/v4"
 	sm "github.com/lni/dragonboat/v4/statemachine"
 	"golang.org/x/sync/semaphore"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/shardledger/shardledger/internal/node"
+	"github.com/shardledger/shardledger/internal/wire"
 	"github.com/shardledger/shardledger/ledger/ondisk"
 	"github.com/shardledger/shardledger/meta"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
@@ -440,7 +440,7 @@ func (r *Router) proposeBatch(shardID uint64, batch []*pending) {
 			p.done <- outcome{err: err}
 		}
 	}
-	data, err := proto.Marshal(b)
+	data, err := wire.Marshal(b)
 	if err != nil {
 		fail(fmt.Errorf("marshal batch: %w", err))
 		return
@@ -461,7 +461,7 @@ func (r *Router) proposeBatch(shardID uint64, batch []*pending) {
 		fail(fmt.Errorf("shard %d: unexpected result code %d", shardID, res.Value))
 		return
 	}
-	if err := proto.Unmarshal(res.Data, out); err != nil || len(out.Results) != len(batch) {
+	if err := wire.Unmarshal(res.Data, out); err != nil || len(out.Results) != len(batch) {
 		fail(fmt.Errorf("shard %d: bad batch result (%d results for %d commands): %v", shardID, len(out.Results), len(batch), err))
 		return
 	}

@@ -10,8 +10,6 @@ import (
 
 	"connectrpc.com/connect"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/shardledger/shardledger/coordinator"
 	"github.com/shardledger/shardledger/ledger"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
@@ -357,7 +355,7 @@ func (r *Router) answer(ctx context.Context, group uint64, chain []*ledgerv1.Tra
 		// An abort tombstone logged on a participant's inquiry first: nothing drives
 		// this chain's branches but this router (and the inquiries).
 		r.releaseStray(ctx, group, rec.TxnId, branches, rec)
-		rec = proto.Clone(rec).(*raftv1.TxnRecord)
+		rec = rec.CloneVT()
 		rec.Transfers = chain
 	}
 	if h := r.opts.AfterDecision; h != nil {

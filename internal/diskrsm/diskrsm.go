@@ -15,9 +15,9 @@ import (
 	"path/filepath"
 
 	sm "github.com/lni/dragonboat/v4/statemachine"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/shardledger/shardledger/internal/kvstore"
+	"github.com/shardledger/shardledger/internal/wire"
 	"github.com/shardledger/shardledger/ledger"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
 )
@@ -137,7 +137,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		}
 		var data []byte
 		if resultReplica == 0 || resultReplica == s.replicaID {
-			if data, err = proto.Marshal(res); err != nil {
+			if data, err = wire.Marshal(res); err != nil {
 				return nil, fmt.Errorf("marshal result: %w", err)
 			}
 		}
@@ -165,7 +165,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 // them for its proposer (Batch.result_replica_id: 0 for every replica).
 func applyEntry(a Applier, cmd []byte) (*raftv1.BatchResult, uint64, error) {
 	b := &raftv1.Batch{}
-	if err := proto.Unmarshal(cmd, b); err != nil {
+	if err := wire.Unmarshal(cmd, b); err != nil {
 		// Never applied; every replica decodes the same bytes the same way.
 		return &raftv1.BatchResult{Results: []*raftv1.CommandResult{{
 			Refusal: raftv1.Refusal_REFUSAL_MALFORMED, Message: "entry does not decode: " + err.Error()}}}, 0, nil
