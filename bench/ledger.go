@@ -18,6 +18,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/shardledger/shardledger/internal/wire"
 	"github.com/shardledger/shardledger/ledger"
 	ledgerv1 "github.com/shardledger/shardledger/proto/gen/ledger/v1"
 	"github.com/shardledger/shardledger/proto/gen/ledger/v1/ledgerv1connect"
@@ -82,8 +83,10 @@ func StartLedger(ctx context.Context, opts LedgerOptions) (*Ledger, error) {
 	}
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: ConcurrencyMax, MaxConnsPerHost: 0,
 		DialContext: (&net.Dialer{Timeout: 5 * time.Second}).DialContext}}
-	l.client = ledgerv1connect.NewLedgerServiceClient(hc, l.opts.Addr)
-	l.admin = ledgerv1connect.NewAdminServiceClient(hc, l.opts.Addr)
+	// Requests are encoded by the generated code (the bytes protobuf's encoder writes);
+	// answers are decoded by protobuf's decoder.
+	l.client = ledgerv1connect.NewLedgerServiceClient(hc, l.opts.Addr, connect.WithCodec(wire.Codec{}))
+	l.admin = ledgerv1connect.NewAdminServiceClient(hc, l.opts.Addr, connect.WithCodec(wire.Codec{}))
 	if err := l.loadMap(ctx); err != nil {
 		l.Close()
 		return nil, err

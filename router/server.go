@@ -7,6 +7,7 @@ import (
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
 
+	"github.com/shardledger/shardledger/internal/wire"
 	"github.com/shardledger/shardledger/proto/gen/ledger/v1/ledgerv1connect"
 )
 
@@ -23,6 +24,9 @@ func (r *Router) Handler(extra ...connect.HandlerOption) http.Handler {
 		connect.WithReadMaxBytes(MessageBytesMax),
 		// Compressing small answers costs more CPU than it saves on the wire.
 		connect.WithCompressMinBytes(CompressMinBytes),
+		// Answers are encoded by the generated code; requests are still decoded (and
+		// their strings checked) by protobuf's decoder.
+		connect.WithCodec(wire.Codec{}),
 	}, extra...)
 	mux := http.NewServeMux()
 	mux.Handle(ledgerv1connect.NewLedgerServiceHandler(r, opts...))

@@ -139,3 +139,36 @@ func TestUnmarshalRejectsGarbage(t *testing.T) {
 		}
 	}
 }
+
+// TestCodec checks the Connect codec writes protobuf's bytes (appending to what the
+// buffer holds) and refuses, like protobuf's decoder, a string that is not UTF-8.
+func TestCodec(t *testing.T) {
+	m := &ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{
+		{Id: "t1", DebitAccountId: "a", CreditAccountId: "b", Amount: 7, Currency: "USD"},
+		{Id: "t2", DebitAccountId: "é", CreditAccountId: "b", Amount: 1 << 40, Currency: "USD"},
+	}}
+	want, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c Codec
+	got, err := c.MarshalAppend([]byte("xy"), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, append([]byte("xy"), want...)) {
+		t.Fatalf("MarshalAppend = %x, want xy + %x", got, want)
+	}
+	back := &ledgerv1.CreateTransfersRequest{}
+	if err := c.Unmarshal(want, back); err != nil || !proto.Equal(back, m) {
+		t.Fatalf("Unmarshal = %v, %v; want %v", back, err, m)
+	}
+	bad := &ledgerv1.Transfer{}
+	badBytes := append([]byte{0x0a, 0x02}, 0xff, 0xfe) // field 1 (id), 2 bytes, not UTF-8
+	if err := c.Unmarshal(badBytes, bad); err == nil {
+		t.Fatalf("Unmarshal of an id that is not UTF-8 = nil error, want an error")
+	}
+	if _, err := c.Marshal(struct{}{}); err == nil {
+		t.Fatal("Marshal of a non-message = nil error")
+	}
+}
