@@ -225,6 +225,9 @@ func (s *Store) writePebble(p *pendingSet, direct StringWrites, applied uint64) 
 			applied = p.applied
 		}
 	}
+	if direct != nil {
+		direct.EachWriteString(func(k string, v []byte) { size += len(k) + len(v) + 1 + 2*binary.MaxVarintLen32 })
+	}
 	b := s.db.NewBatch()
 	defer b.Close()
 	// The whole batch in one allocation (a growing batch copies itself at each doubling):
