@@ -9,19 +9,23 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/shardledger/shardledger/coordinator"
 	"github.com/shardledger/shardledger/internal/cluster"
+	"github.com/shardledger/shardledger/internal/kvstore"
 	"github.com/shardledger/shardledger/internal/node"
 	"github.com/shardledger/shardledger/meta"
 	raftv1 "github.com/shardledger/shardledger/proto/gen/ledger/raft/v1"
@@ -80,11 +84,10 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 	portBase := fs.Int("raft-port-base", 63001, "raft ports of the three nodes start here (loopback)")
 	shards := fs.Int("shards", 4, "account shards (fixed when the data dir is created)")
 	coords := fs.Int("coordinators", devCoordinators, "coordinator groups (fixed when the data dir is created)")
-	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this address (debugging)")
+	pprofAddr := fs.String("pprof", "", "serve the Go profiler (/debug/pprof/) and the storage report (/debug/storage) on this address (debugging)")
 	cacheMB := fs.Int64("block-cache-mb", node.BlockCacheBytesDefault>>20, "block cache of each node, shared by its stores (MiB)")
 	_ = fs.Parse(args)
 	node.QuietDragonboat()
-	servePprof(log, *pprofAddr)
 
 	addrs := make([]string, 3)
 	for i := range addrs {
@@ -107,6 +110,15 @@ func runDev(ctx context.Context, log *slog.Logger, args []string) error {
 		return fmt.Errorf("start dev cluster: %w", err)
 	}
 	defer c.Close()
+	serveDebug(log, *pprofAddr, func() []*node.Node {
+		var ns []*node.Node
+		for _, b := range c.Backends() {
+			if n := b.Node(); n != nil {
+				ns = append(ns, n)
+			}
+		}
+		return ns
+	})
 	return serve(ctx, log, ln, c.Router, fmt.Sprintf(`
 Shardledger dev cluster: 3 nodes, %d account shards, data in %s
 Public API (Connect, gRPC, gRPC-Web) on http://%s
@@ -119,8 +131,9 @@ Try:
 `, *shards, *dataDir, ln.Addr().String()))
 }
 
-// servePprof serves the Go profiler on its own address when asked to.
-func servePprof(log *slog.Logger, addr string) {
+// serveDebug serves, on its own address when asked to, the Go profiler
+// (/debug/pprof/) and the nodes' storage report (/debug/storage: writeStorage).
+func serveDebug(log *slog.Logger, addr string, nodes func() []*node.Node) {
 	if addr == "" {
 		return
 	}
@@ -128,10 +141,43 @@ func servePprof(log *slog.Logger, addr string) {
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/storage", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		for _, n := range nodes() {
+			cm, ms := n.StorageMetrics()
+			if err := writeStorage(w, n.ID(), cm, ms); err != nil {
+				log.Debug("storage report", "err", err)
+				return
+			}
+		}
+	})
 	go func() {
 		srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		log.Info("pprof", "addr", addr, "err", srv.ListenAndServe())
+		log.Info("debug server", "addr", addr, "err", srv.ListenAndServe())
 	}()
+}
+
+// writeStorage writes one node's storage report: its block cache, then a line per state
+// machine store (sizes in MiB; compactions, flushes and their bytes since the store
+// opened).
+func writeStorage(w io.Writer, nodeID uint64, cm kvstore.CacheMetrics, ms []kvstore.StoreMetrics) error {
+	const mib = 1 << 20
+	hitPct := 0.0
+	if cm.Hits+cm.Misses > 0 {
+		hitPct = 100 * float64(cm.Hits) / float64(cm.Hits+cm.Misses)
+	}
+	if _, err := fmt.Fprintf(w, "node %d: block cache %d MiB, %d hits, %d misses (%.1f %% hits)\n",
+		nodeID, cm.SizeBytes/mib, cm.Hits, cm.Misses, hitPct); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "store\tl0_sublevels\tl0_files\tfiles\tsize_mib\tdebt_mib\tcompacting\tcompactions\tcompacted_mib\tflushes\tflushed_mib\tmemtable_mib\t")
+	for _, m := range ms {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", filepath.Base(m.Dir),
+			m.L0Sublevels, m.L0Files, m.Files, m.SizeBytes/mib, m.CompactionDebtBytes/mib, m.CompactionsInFlight,
+			m.Compactions, m.CompactedBytes/mib, m.Flushes, m.FlushedBytes/mib, m.MemtableBytes/mib)
+	}
+	return tw.Flush()
 }
 
 func serve(ctx context.Context, log *slog.Logger, ln net.Listener, r *router.Router, banner string) error {

@@ -34,9 +34,10 @@ func TestDevClusterProcessRestart(t *testing.T) {
 	listen := freeAddr(t)
 	raftBase := freePortRun(t, 3)
 	data := filepath.Join(dir, "data")
-	start := func() (*exec.Cmd, *syncBuffer) {
+	start := func(extra ...string) (*exec.Cmd, *syncBuffer) {
 		out := &syncBuffer{}
-		cmd := exec.Command(bin, "dev", "--data-dir", data, "--listen", listen, "--raft-port-base", fmt.Sprint(raftBase))
+		args := append([]string{"dev", "--data-dir", data, "--listen", listen, "--raft-port-base", fmt.Sprint(raftBase)}, extra...)
+		cmd := exec.Command(bin, args...)
 		cmd.Stdout, cmd.Stderr = out, out
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -87,7 +88,8 @@ func TestDevClusterProcessRestart(t *testing.T) {
 	}
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
-	cmd, out = start()
+	debug := freeAddr(t)
+	cmd, out = start("--pprof", debug)
 	defer stop(cmd, out)
 	// alice and carol live on different shards: a transfer acknowledged just before the
 	// kill may still have its branches to commit; the restarted coordinator finishes it.
@@ -103,6 +105,36 @@ func TestDevClusterProcessRestart(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	post(t, base+"CreateTransfers", `{"transfers":[{"id":"k20","debitAccountId":"alice","creditAccountId":"carol","amount":"1","currency":"USD"}]}`, `TRANSFER_STATUS_EXISTS`)
+
+	// The debug address reports every node's storage: its block cache and a line per
+	// state machine store.
+	report := getWithRetry(t, "http://"+debug+"/debug/storage")
+	for _, want := range []string{"node 1: block cache", "node 3: block cache", "l0_sublevels", "shard-1-replica-1", "shard-4-replica-3"} {
+		if !strings.Contains(report, want) {
+			t.Fatalf("storage report lacks %q:\n%s", want, report)
+		}
+	}
+}
+
+// getWithRetry GETs url until it answers 200 (the server may still be starting).
+func getWithRetry(t *testing.T, url string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		res, err := http.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(res.Body)
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return string(b)
+			}
+			err = fmt.Errorf("status %d: %s", res.StatusCode, b)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GET %s: %v", url, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 func post(t *testing.T, url, body, want string) string {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/bloom"
@@ -46,18 +47,26 @@ const (
 
 // Store is one replica's pebble database.
 type Store struct {
-	db *pebble.DB
-	wb writeBehind // committed writes not yet in pebble (pending.go)
+	db    *pebble.DB
+	wb    writeBehind // committed writes not yet in pebble (pending.go)
+	dir   string
+	cache *Cache // the shared cache it is registered with (Cache.Metrics); nil: none
 }
 
 // Cache is a block cache (uncompressed sstable blocks) that several stores share: a
 // node gives all its replicas one, so the groups that are read most get most of it.
-type Cache struct{ c *pebble.Cache }
+type Cache struct {
+	c      *pebble.Cache
+	mu     sync.Mutex
+	stores map[*Store]struct{} // open with it (Metrics)
+}
 
 // NewCache returns a cache of at most bytes (allocated as blocks are cached). Close it
 // once no more stores will be opened with it; stores open then keep their own
 // reference until they close.
-func NewCache(bytes int64) *Cache { return &Cache{c: pebble.NewCache(bytes)} }
+func NewCache(bytes int64) *Cache {
+	return &Cache{c: pebble.NewCache(bytes), stores: make(map[*Store]struct{})}
+}
 
 // Close drops the caller's reference (stores still open keep theirs).
 func (c *Cache) Close() { c.c.Unref() }
@@ -97,8 +106,11 @@ func Open(dir string, cache *Cache) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open pebble %s: %w", dir, err)
 	}
-	s := &Store{db: db}
+	s := &Store{db: db, dir: dir, cache: cache}
 	s.startWriteBehind()
+	if cache != nil {
+		cache.add(s)
+	}
 	return s, nil
 }
 
@@ -220,6 +232,9 @@ func (s *Store) Sync() error {
 func (s *Store) Close() error {
 	if s.db == nil {
 		return nil
+	}
+	if s.cache != nil {
+		s.cache.remove(s) // before the database closes: Cache.Metrics reads it
 	}
 	s.stopWriteBehind()
 	err := s.Sync()

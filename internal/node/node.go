@@ -334,5 +334,11 @@ func (n *Node) Close() {
 	n.blocks.Close() // after the stores: each holds its own reference until closed
 }
 
+// StorageMetrics reports the node's block cache and every state machine store open
+// with it (pebble's levels, compactions, flushes).
+func (n *Node) StorageMetrics() (kvstore.CacheMetrics, []kvstore.StoreMetrics) {
+	return n.blocks.Metrics()
+}
+
 // NodeHost exposes the NodeHost for tests and tools.
 func (n *Node) NodeHost() *dragonboat.NodeHost { return n.nh }
