@@ -5,11 +5,14 @@ import (
 	"github.com/shardledger/shardledger/ledger"
 )
 
-// CacheBytesMax bounds the apply cache of one replica: keys and values, with the older
-// versions of keys written again until their chunk is dropped (arena.go). 16 MiB holds
-// about 120,000 accounts, or 8 s of the coordinator's records at 7,000 transactions/s;
-// a dev cluster has 18 replicas (288 MiB when every cache is full).
-const CacheBytesMax = 16 << 20
+// CacheBytesDefault bounds the apply cache of one replica whose core sets no size
+// (Core.CacheBytes): keys and values, with the older versions of keys written again
+// until their chunk is dropped (arena.go). 16 MiB holds about 120,000 accounts, or 8 s
+// of the coordinator's records at 7,000 transactions/s. CacheBytesMax bounds any size.
+const (
+	CacheBytesDefault = 16 << 20
+	CacheBytesMax     = 4 << 30
+)
 
 // applyCache is a read-through, write-through cache of committed values for the apply
 // path only (Update runs on one goroutine at a time; Lookup never touches it). Hot
@@ -25,11 +28,14 @@ type applyCache struct {
 	absent *absentFilter
 }
 
-func newApplyCache(st *kvstore.Store, eager func([]byte) bool, absent *absentFilter) *applyCache {
+func newApplyCache(st *kvstore.Store, bytes int, eager func([]byte) bool, absent *absentFilter) *applyCache {
 	if eager == nil {
 		eager = func([]byte) bool { return false }
 	}
-	return &applyCache{store: st, a: newArenaCache(CacheBytesMax), eager: eager, absent: absent}
+	if bytes <= 0 {
+		bytes = CacheBytesDefault
+	}
+	return &applyCache{store: st, a: newArenaCache(min(bytes, CacheBytesMax)), eager: eager, absent: absent}
 }
 
 // Get implements ledger.Reader.

@@ -35,6 +35,9 @@ type Applier interface {
 type Core struct {
 	NewApplier func(ledger.Reader) (Applier, error)
 	Read       func(*kvstore.Store, *raftv1.Query) (*raftv1.QueryResult, error)
+	// CacheBytes bounds the replica's apply cache (0: CacheBytesDefault; at most
+	// CacheBytesMax).
+	CacheBytes int
 	// CacheEager, when set, names keys the apply cache keeps as soon as they are written
 	// (records that are read again soon, such as accounts).
 	CacheEager func(key []byte) bool
@@ -114,7 +117,7 @@ func (s *StateMachine) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		return entries, nil
 	}
 	if s.cache == nil {
-		s.cache = newApplyCache(s.store, s.core.CacheEager, s.filter)
+		s.cache = newApplyCache(s.store, s.core.CacheBytes, s.core.CacheEager, s.filter)
 	}
 	a, err := s.core.NewApplier(s.cache)
 	if err != nil {
