@@ -126,3 +126,19 @@ func TestArenaCacheUpdate(t *testing.T) {
 		t.Fatalf("a = %q, %v; want 2", v, ok)
 	}
 }
+
+// TestApplyCacheSize checks the apply cache's bound follows Core.CacheBytes: the
+// default when unset, the size asked for, and never past CacheBytesMax.
+func TestApplyCacheSize(t *testing.T) {
+	for _, tc := range []struct{ bytes, wantChunks int }{
+		{0, CacheBytesDefault / arenaChunkBytes},
+		{-1, CacheBytesDefault / arenaChunkBytes},
+		{128 << 20, 128},
+		{CacheBytesMax + arenaChunkBytes, CacheBytesMax / arenaChunkBytes},
+	} {
+		c := newApplyCache(nil, tc.bytes, nil, nil)
+		if got := len(c.a.chunks); got != tc.wantChunks {
+			t.Errorf("CacheBytes %d: %d chunks, want %d", tc.bytes, got, tc.wantChunks)
+		}
+	}
+}
