@@ -25,7 +25,18 @@ const (
 	prefixResolved byte = 'p' // post/void transfer id -> StoredTransfer
 	prefixTxn      byte = 'r' // txn id -> TxnRecord as created (see putNew)
 	prefixIndex    byte = 't' // transfer id -> txn id
+	prefixList     byte = 'l' // open list number -> its transactions' ids (see openLists)
+	prefixListOpen byte = 'n' // open list number -> how many of them are open
 )
+
+// openLists index the transactions not yet forgotten (the driver recovers them): the
+// transactions created by one raft entry are listed together under one number, which
+// each record keeps (TxnRecord.open_list), and closing a record counts it off its
+// list. The router's finish of a request closes its transactions together, so the index
+// costs a write and a delete per entry where one key per transaction took a write and a
+// delete each. Records created under the earlier layout (open_list 0) keep their own
+// key under prefixOpen until they are closed; readers scan both.
+func openLists() ledger.ListIndex { return ledger.ListIndex{List: prefixList, Open: prefixListOpen} }
 
 func key(prefix byte, id string) []byte { return append([]byte{prefix}, id...) }
 
@@ -39,7 +50,10 @@ var stateKey = []byte{prefixState}
 // MostlyNewKeyPrefixes are the key families whose lookups on the apply path are mostly
 // of keys not stored yet: a Begin looks up its transfer ids (index, resolved post/void)
 // and its record. A storage adapter may answer those misses from a filter.
-func MostlyNewKeyPrefixes() []byte { return []byte{prefixResolved, prefixTxn, prefixIndex} }
+// A list's count is stored only while the list is partly closed: mostly absent too.
+func MostlyNewKeyPrefixes() []byte {
+	return []byte{prefixListOpen, prefixResolved, prefixTxn, prefixIndex}
+}
 
 // RouterDeadlineMax bounds how long after its Begin a transaction's router may keep
 // the coordinator's driver from recovering it (BeginTxn.router_deadline_unix_nano): a
@@ -87,6 +101,13 @@ type Applier struct {
 	ov    *ledger.Overlay
 	state *raftv1.CoordState
 	now   int64
+	// The open list of the entry being applied (see openLists): its number (0: none
+	// yet), the ids of the records it lists, and how many of them closed in the same
+	// entry. It is stored when the entry (or a lone Apply) ends.
+	openSeq    uint64
+	opened     [][]byte
+	openClosed int
+	inBatch    bool
 }
 
 // NewApplier loads the group state through r.
@@ -117,6 +138,8 @@ func (a *Applier) State() *raftv1.CoordState { return a.state }
 // ApplyBatch applies every command of an entry in order.
 func (a *Applier) ApplyBatch(b *raftv1.Batch) (*raftv1.BatchResult, error) {
 	out := &raftv1.BatchResult{Results: make([]*raftv1.CommandResult, 0, len(b.GetCommands()))}
+	a.inBatch = true
+	defer func() { a.inBatch = false }()
 	for i, c := range b.GetCommands() {
 		r, err := a.Apply(c)
 		if err != nil {
@@ -124,7 +147,44 @@ func (a *Applier) ApplyBatch(b *raftv1.Batch) (*raftv1.BatchResult, error) {
 		}
 		out.Results = append(out.Results, r)
 	}
+	a.storeOpenList()
 	return out, nil
+}
+
+// listOpen adds a new record to the entry's open list.
+func (a *Applier) listOpen(rec *raftv1.TxnRecord) {
+	if a.openSeq == 0 {
+		a.state.OpenListSeq++
+		a.openSeq = a.state.OpenListSeq
+	}
+	rec.OpenList = a.openSeq
+	a.opened = append(a.opened, []byte(rec.TxnId))
+}
+
+// storeOpenList stores the entry's open list, without the records closed already.
+func (a *Applier) storeOpenList() {
+	if a.openSeq == 0 {
+		return
+	}
+	if a.openClosed < len(a.opened) {
+		openLists().Store(a.ov, a.openSeq, a.opened, len(a.opened)-a.openClosed)
+	}
+	a.openSeq, a.opened, a.openClosed = 0, nil, 0
+}
+
+// unlistOpen takes a record being forgotten off its open list.
+func (a *Applier) unlistOpen(rec *raftv1.TxnRecord) error {
+	switch {
+	case rec.OpenList == 0:
+		a.ov.Delete(key(prefixOpen, rec.TxnId))
+	case rec.OpenList == a.openSeq:
+		a.openClosed++ // created by this entry: its list is not stored yet
+	default:
+		if err := openLists().Close(a.ov, rec.OpenList); err != nil {
+			return fmt.Errorf("close txn %q: open %w", rec.TxnId, err)
+		}
+	}
+	return nil
 }
 
 func refuse(format string, args ...any) *raftv1.CommandResult {
@@ -159,6 +219,14 @@ func (a *Applier) Apply(c *raftv1.Command) (*raftv1.CommandResult, error) {
 	if err == nil && r.GetRefusal() != raftv1.Refusal_REFUSAL_UNSPECIFIED {
 		a.state.LastTimestampUnixNano = last
 	}
+	if err == nil && !a.inBatch {
+		a.storeOpenList()
+	}
+	if t := r.GetTxn(); t != nil {
+		// Where the index keeps a record depends on how commands were grouped into
+		// entries: not part of any answer (the record is stored already).
+		t.OpenList = 0
+	}
 	return r, err
 }
 
@@ -177,7 +245,7 @@ func Branches(txnID string, ts []*ledgerv1.Transfer) []*raftv1.Branch {
 func TransferOf(branchIndex uint32) int { return int(branchIndex / 2) }
 
 func (a *Applier) getTxn(id string) (*raftv1.TxnRecord, error) {
-	return ReadTxn(a.ov, id)
+	return readTxn(a.ov, id)
 }
 
 // A record is stored in two parts, so that the commands after its Begin rewrite a few
@@ -212,9 +280,27 @@ func (a *Applier) putStatus(rec *raftv1.TxnRecord) {
 	}
 }
 
-func (a *Applier) txnOfTransfer(id string) (string, bool, error) {
-	v, ok, err := a.ov.Get(key(prefixIndex, id))
-	return string(v), ok, err
+// The transfer index names the transaction of each transfer but the first of its chain:
+// the first transfer's id is the transaction's id (checkChain), so the record under it
+// names it. Records created before this keep an index entry for their first transfer
+// too.
+
+// ownerOf names the transaction holding transfer id: its index entry, or id itself when
+// a record with transfers is stored under it (a presumed-abort tombstone holds none).
+func ownerOf(r ledger.Reader, id string) (string, bool, error) {
+	v, ok, err := r.Get(key(prefixIndex, id))
+	if err != nil || ok {
+		return string(v), ok, err
+	}
+	v, ok, err = r.Get(key(prefixTxn, id))
+	if err != nil || !ok {
+		return "", false, err
+	}
+	rec, err := decodeTxn(id, v)
+	if err != nil || tombstone(rec) {
+		return "", false, err
+	}
+	return id, true, nil
 }
 
 func (a *Applier) getResolved(id string) (*raftv1.StoredTransfer, error) {
@@ -266,8 +352,18 @@ func checkChain(txnID string, ts []*ledgerv1.Transfer) *raftv1.CommandResult {
 // idsTaken tells whether a transfer id of the chain already belongs to another
 // transaction or to a post/void.
 func (a *Applier) idsTaken(txnID string, ts []*ledgerv1.Transfer) (bool, error) {
-	for _, t := range ts {
-		owner, ok, err := a.txnOfTransfer(t.GetId())
+	for i, t := range ts {
+		var owner string
+		var ok bool
+		var err error
+		if i == 0 {
+			// Its id is txnID: a record under it is this chain's own or a tombstone
+			// (the caller compares), so only an index entry can name another owner.
+			v, found, gerr := a.ov.Get(key(prefixIndex, t.GetId()))
+			owner, ok, err = string(v), found, gerr
+		} else {
+			owner, ok, err = ownerOf(a.ov, t.GetId())
+		}
 		if err != nil {
 			return false, err
 		}
@@ -315,11 +411,11 @@ func (a *Applier) newRecord(txnID string, ts []*ledgerv1.Transfer) *raftv1.TxnRe
 
 // storeNew writes a new record, its transfer index and its place in the open set.
 func (a *Applier) storeNew(rec *raftv1.TxnRecord) {
-	for _, t := range rec.Transfers {
+	for _, t := range rec.Transfers[1:] { // the first one's id is rec.TxnId
 		a.ov.Set(key(prefixIndex, t.GetId()), []byte(rec.TxnId))
 	}
+	a.listOpen(rec)
 	a.putNew(rec)
-	a.ov.Set(key(prefixOpen, rec.TxnId), []byte{1})
 	a.state.OpenCount++
 }
 
@@ -451,7 +547,9 @@ func (a *Applier) close(rec *raftv1.TxnRecord) error {
 	}
 	rec.Forgotten = true
 	a.putStatus(rec)
-	a.ov.Delete(key(prefixOpen, rec.TxnId))
+	if err := a.unlistOpen(rec); err != nil {
+		return err
+	}
 	a.state.OpenCount--
 	return nil
 }
@@ -605,7 +703,7 @@ func (a *Applier) resolvePending(rp *raftv1.ResolvePending) (*raftv1.CommandResu
 			return answer(old.Status, old.Message, nil), nil
 		}
 	}
-	if _, ok, err := a.txnOfTransfer(t.GetId()); err != nil || ok {
+	if _, ok, err := ownerOf(a.ov, t.GetId()); err != nil || ok {
 		if err != nil {
 			return nil, err
 		}

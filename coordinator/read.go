@@ -13,8 +13,18 @@ import (
 const OpenMax = 100_000
 
 // ReadTxn reads a transaction record (nil when unknown): the record as created with its
-// latest status over it.
+// latest status over it. Where the open index keeps it (open_list, which depends on how
+// commands were grouped into entries) is left out, as in every answer.
 func ReadTxn(r ledger.Reader, txnID string) (*raftv1.TxnRecord, error) {
+	rec, err := readTxn(r, txnID)
+	if rec != nil {
+		rec.OpenList = 0
+	}
+	return rec, err
+}
+
+// readTxn is ReadTxn with the record's open list (for the state machine).
+func readTxn(r ledger.Reader, txnID string) (*raftv1.TxnRecord, error) {
 	v, ok, err := r.Get(key(prefixTxn, txnID))
 	if err != nil || !ok {
 		return nil, err
@@ -91,23 +101,33 @@ func ReadTxns(r ledger.Reader, ids []string) ([]*raftv1.TxnRecord, error) {
 	return out, nil
 }
 
-// ReadOpen lists the transactions not yet forgotten (at most OpenMax).
+// ReadOpen lists the transactions not yet forgotten (at most OpenMax): those of the
+// open lists (see openLists) that are not forgotten, then those indexed under the
+// earlier layout.
 func ReadOpen(s ledger.Scanner) ([]*raftv1.TxnRecord, error) {
 	var out []*raftv1.TxnRecord
-	err := s.Scan([]byte{prefixOpen}, func(k, _ []byte) error {
+	add := func(id []byte, listed bool) error {
 		if len(out) >= OpenMax {
 			return nil
 		}
-		rec, err := ReadTxn(s, string(k[1:]))
+		rec, err := ReadTxn(s, string(id))
 		if err != nil {
 			return err
 		}
-		if rec == nil {
-			return fmt.Errorf("open txn %q has no record", k[1:])
+		switch {
+		case rec == nil:
+			return fmt.Errorf("open txn %q has no record", id)
+		case rec.Forgotten && listed:
+			return nil // closed; its list holds others still open
 		}
 		out = append(out, rec)
 		return nil
-	})
+	}
+	err := openLists().Scan(s, func(id []byte) error { return add(id, true) })
+	if err != nil {
+		return nil, err
+	}
+	err = s.Scan([]byte{prefixOpen}, func(k, _ []byte) error { return add(k[1:], false) })
 	return out, err
 }
 
@@ -137,15 +157,15 @@ func ReadUndecided(r ledger.Reader, ids []string) ([]*raftv1.TxnRecord, error) {
 	var out []*raftv1.TxnRecord
 	seen := map[string]bool{}
 	for _, id := range ids {
-		txnID, ok, err := r.Get(key(prefixIndex, id))
+		txnID, ok, err := ownerOf(r, id)
 		if err != nil {
 			return nil, err
 		}
-		if !ok || seen[string(txnID)] {
+		if !ok || seen[txnID] {
 			continue
 		}
-		seen[string(txnID)] = true
-		rec, err := ReadTxn(r, string(txnID))
+		seen[txnID] = true
+		rec, err := ReadTxn(r, txnID)
 		if err != nil {
 			return nil, err
 		}
@@ -171,11 +191,11 @@ func readTransfer(r ledger.Reader, id string) (*ledgerv1.Transfer, error) {
 		}
 		return ledger.Display(rec), nil
 	}
-	txnID, ok, err := r.Get(key(prefixIndex, id))
+	txnID, ok, err := ownerOf(r, id)
 	if err != nil || !ok {
 		return nil, err
 	}
-	rec, err := ReadTxn(r, string(txnID))
+	rec, err := ReadTxn(r, txnID)
 	if err != nil || rec == nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ import (
 func TestRecordStatusCoversChangingFields(t *testing.T) {
 	fixed := map[protoreflect.Name]bool{"txn_id": true, "transfers": true, "branches": true,
 		"begun_at_unix_nano": true, "expires_at_unix_nano": true,
-		"router_deadline_unix_nano": true}
+		"router_deadline_unix_nano": true, "open_list": true}
 	fields := (&raftv1.TxnRecord{}).ProtoReflect().Descriptor().Fields()
 	for i := 0; i < fields.Len(); i++ {
 		f := fields.Get(i)

@@ -31,7 +31,9 @@ func (a *Applier) getBranch(accountID, txnID string, index uint32) (*raftv1.Stor
 	return rec, nil
 }
 
-func (a *Applier) putBranch(rec *raftv1.StoredBranch) {
+// putBranch stores a branch record. Prepared branches are indexed by their command's
+// prepared list (prepare, storeList); unindex takes a resolved one off it.
+func (a *Applier) putBranch(rec *raftv1.StoredBranch) []byte {
 	b := rec.Branch
 	bk := branchKey(a.slot(b.AccountId), b.TxnId, b.Index)
 	if rec.State == brPrepared {
@@ -39,13 +41,7 @@ func (a *Applier) putBranch(rec *raftv1.StoredBranch) {
 	} else {
 		a.ov.SetCold(bk, mustMarshal(rec)) // final: read again only by a late retry
 	}
-	// Prepared branches are indexed: the shard's resolver asks the coordinator about
-	// old ones, and audits sum what they hold.
-	if rec.State == brPrepared {
-		a.ov.Set(preparedKey(bk), bk)
-	} else {
-		a.ov.Delete(preparedKey(bk))
-	}
+	return bk
 }
 
 func voteOf(rec *raftv1.StoredBranch, msg string) *raftv1.Vote {
@@ -59,6 +55,8 @@ func (a *Applier) prepare(p *raftv1.PrepareBranches) (*raftv1.CommandResult, err
 		}
 	}
 	res := &raftv1.CommandResult{}
+	var list [][]byte // the branches this command prepares, indexed as one list
+	seq := a.state.PreparedListSeq + 1
 	for _, b := range p.GetBranches() {
 		old, err := a.getBranch(b.AccountId, b.TxnId, b.Index)
 		if err != nil {
@@ -84,12 +82,19 @@ func (a *Applier) prepare(p *raftv1.PrepareBranches) (*raftv1.CommandResult, err
 		}
 		if s != stCreated {
 			rec.State, rec.Status = brRefused, s
+		} else {
+			rec.PreparedList = seq
 		}
-		a.putBranch(rec)
+		bk := a.putBranch(rec)
 		if rec.State == brPrepared {
+			list = append(list, bk)
 			a.emit(&raftv1.Event{Kind: raftv1.EventKind_EVENT_KIND_BRANCH_PREPARED, Slot: a.slot(b.AccountId), Branch: rec.Branch, Amount: b.Amount})
 		}
 		res.Votes = append(res.Votes, voteOf(rec, msg))
+	}
+	if len(list) > 0 {
+		a.state.PreparedListSeq = seq
+		preparedLists().Store(a.ov, seq, list, len(list))
 	}
 	return res, nil
 }
@@ -217,6 +222,9 @@ func (a *Applier) commitBranch(ref *raftv1.BranchRef, rec *raftv1.StoredBranch) 
 	a.putAccount(acc)
 	rec.State = brCommitted
 	a.putBranch(rec)
+	if err := a.unindex(rec); err != nil {
+		return nil, err
+	}
 	a.emit(&raftv1.Event{Kind: raftv1.EventKind_EVENT_KIND_BRANCH_COMMITTED, Slot: a.slot(b.AccountId), Branch: b, Amount: posted})
 	return voteOf(rec, ""), nil
 }
@@ -261,6 +269,9 @@ func (a *Applier) abortBranch(ref *raftv1.BranchRef, rec *raftv1.StoredBranch) (
 	a.putAccount(acc)
 	rec.State = brAborted
 	a.putBranch(rec)
+	if err := a.unindex(rec); err != nil {
+		return nil, err
+	}
 	a.emit(&raftv1.Event{Kind: raftv1.EventKind_EVENT_KIND_BRANCH_ABORTED, Slot: a.slot(b.AccountId), Branch: b, Amount: b.Amount})
 	return voteOf(rec, ""), nil
 }

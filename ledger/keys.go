@@ -28,9 +28,11 @@ const (
 	prefixBranch   byte = 'b'
 	prefixEvent    byte = 'e'
 	prefixIndex    byte = 'i' // transfer id -> slot of the record
+	prefixList     byte = 'l' // prepared list number -> its branches' keys (see preparedlist.go)
 	prefixShard    byte = 'm'
+	prefixListOpen byte = 'n' // prepared list number -> how many of its branches are prepared
 	prefixTransfer byte = 't'
-	prefixPrepared byte = 'w' // open (prepared) branch -> its branch key
+	prefixPrepared byte = 'w' // earlier layout: open (prepared) branch -> its branch key
 	prefixPending  byte = 'x' // open pending transfer -> its transfer key
 	// PrefixAdapter is reserved for the storage adapter (applied index and the like).
 	PrefixAdapter byte = 'z'
@@ -72,10 +74,15 @@ func pendingKey(transferKey []byte) []byte { return append([]byte{prefixPending}
 // MostlyNewKeyPrefixes are the key families whose lookups on the apply path are mostly
 // of keys not stored yet: transfers and their index (a new transfer id), branches (a
 // new prepare). A storage adapter may answer those misses from a filter.
-func MostlyNewKeyPrefixes() []byte { return []byte{prefixBranch, prefixIndex, prefixTransfer} }
+// The count of a prepared list is stored only once some but not all of its branches
+// are resolved: mostly absent too.
+func MostlyNewKeyPrefixes() []byte {
+	return []byte{prefixBranch, prefixIndex, prefixListOpen, prefixTransfer}
+}
 
 // IsHotKey tells whether a stored key is read back soon after it is written: accounts,
-// and branches (a prepared branch is read again by its commit or abort).
+// branches (a prepared branch is read again by its commit or abort) and prepared lists
+// (read again when their branches are resolved).
 func IsHotKey(key []byte) bool {
-	return len(key) > 0 && (key[0] == prefixAccount || key[0] == prefixBranch)
+	return len(key) > 0 && (key[0] == prefixAccount || key[0] == prefixBranch || key[0] == prefixList)
 }

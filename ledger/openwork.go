@@ -17,13 +17,9 @@ const OpenWorkMax = 10_000
 // ReadOpenWork lists prepared branches and open pending transfers (at most OpenWorkMax
 // of each).
 func ReadOpenWork(s Scanner) (prepared []*raftv1.StoredBranch, pending []*raftv1.StoredTransfer, err error) {
-	err = scanIndex(s, prefixPrepared, func(v []byte) error {
+	err = scanPrepared(s, func(b *raftv1.StoredBranch) error {
 		if len(prepared) >= OpenWorkMax {
 			return nil
-		}
-		b := &raftv1.StoredBranch{}
-		if err := wire.Unmarshal(v, b); err != nil {
-			return fmt.Errorf("decode branch: %w", err)
 		}
 		prepared = append(prepared, b)
 		return nil
@@ -90,11 +86,7 @@ func ReadTotals(s Scanner) (*raftv1.Totals, error) {
 	if err != nil {
 		return nil, err
 	}
-	err = scanIndex(s, prefixPrepared, func(v []byte) error {
-		b := &raftv1.StoredBranch{}
-		if err := wire.Unmarshal(v, b); err != nil {
-			return fmt.Errorf("decode branch: %w", err)
-		}
+	err = scanPrepared(s, func(b *raftv1.StoredBranch) error {
 		t.PreparedBranches++
 		if b.Branch.GetDebit() {
 			return add(&t.BranchDebitsHeld, b.Branch.GetAmount())

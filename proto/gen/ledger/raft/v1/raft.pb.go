@@ -1006,8 +1006,12 @@ type TxnRecord struct {
 	DecidedAtUnixNano int64            `protobuf:"varint,14,opt,name=decided_at_unix_nano,json=decidedAtUnixNano,proto3" json:"decided_at_unix_nano,omitempty"`
 	// From the BeginTxn: until then the driver does not recover the transaction.
 	RouterDeadlineUnixNano int64 `protobuf:"varint,15,opt,name=router_deadline_unix_nano,json=routerDeadlineUnixNano,proto3" json:"router_deadline_unix_nano,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// The open list that indexes this transaction until it is forgotten (the number
+	// CoordState.open_list_seq gave the entry that created it); 0: indexed by its own key
+	// under the earlier layout.
+	OpenList      uint64 `protobuf:"varint,16,opt,name=open_list,json=openList,proto3" json:"open_list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TxnRecord) Reset() {
@@ -1145,13 +1149,23 @@ func (x *TxnRecord) GetRouterDeadlineUnixNano() int64 {
 	return 0
 }
 
+func (x *TxnRecord) GetOpenList() uint64 {
+	if x != nil {
+		return x.OpenList
+	}
+	return 0
+}
+
 // CoordState is a coordinator group's bookkeeping.
 type CoordState struct {
 	state                 protoimpl.MessageState `protogen:"open.v1"`
 	LastTimestampUnixNano int64                  `protobuf:"varint,1,opt,name=last_timestamp_unix_nano,json=lastTimestampUnixNano,proto3" json:"last_timestamp_unix_nano,omitempty"`
 	OpenCount             uint64                 `protobuf:"varint,2,opt,name=open_count,json=openCount,proto3" json:"open_count,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The last open list created: the transactions created by one raft entry are indexed
+	// in one list under the next number.
+	OpenListSeq   uint64 `protobuf:"varint,3,opt,name=open_list_seq,json=openListSeq,proto3" json:"open_list_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CoordState) Reset() {
@@ -1194,6 +1208,13 @@ func (x *CoordState) GetLastTimestampUnixNano() int64 {
 func (x *CoordState) GetOpenCount() uint64 {
 	if x != nil {
 		return x.OpenCount
+	}
+	return 0
+}
+
+func (x *CoordState) GetOpenListSeq() uint64 {
+	if x != nil {
+		return x.OpenListSeq
 	}
 	return 0
 }
@@ -1831,8 +1852,12 @@ type StoredBranch struct {
 	State              BranchState            `protobuf:"varint,2,opt,name=state,proto3,enum=ledger.raft.v1.BranchState" json:"state,omitempty"`
 	Status             v1.TransferStatus      `protobuf:"varint,3,opt,name=status,proto3,enum=ledger.v1.TransferStatus" json:"status,omitempty"`
 	PreparedAtUnixNano int64                  `protobuf:"varint,4,opt,name=prepared_at_unix_nano,json=preparedAtUnixNano,proto3" json:"prepared_at_unix_nano,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The prepared list that indexes this branch while it is prepared (ShardState
+	// .prepared_list_seq when it was prepared); 0: indexed by its own key under the
+	// earlier layout (one index key per prepared branch).
+	PreparedList  uint64 `protobuf:"varint,5,opt,name=prepared_list,json=preparedList,proto3" json:"prepared_list,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StoredBranch) Reset() {
@@ -1889,6 +1914,13 @@ func (x *StoredBranch) GetStatus() v1.TransferStatus {
 func (x *StoredBranch) GetPreparedAtUnixNano() int64 {
 	if x != nil {
 		return x.PreparedAtUnixNano
+	}
+	return 0
+}
+
+func (x *StoredBranch) GetPreparedList() uint64 {
+	if x != nil {
+		return x.PreparedList
 	}
 	return 0
 }
@@ -1998,8 +2030,11 @@ type ShardState struct {
 	Owned                 []byte `protobuf:"bytes,3,opt,name=owned,proto3" json:"owned,omitempty"`
 	LastTimestampUnixNano int64  `protobuf:"varint,4,opt,name=last_timestamp_unix_nano,json=lastTimestampUnixNano,proto3" json:"last_timestamp_unix_nano,omitempty"`
 	EventSeq              uint64 `protobuf:"varint,5,opt,name=event_seq,json=eventSeq,proto3" json:"event_seq,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The last prepared list created: each PrepareBranches command that prepares a
+	// branch indexes its prepared branches in one list under the next number.
+	PreparedListSeq uint64 `protobuf:"varint,6,opt,name=prepared_list_seq,json=preparedListSeq,proto3" json:"prepared_list_seq,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ShardState) Reset() {
@@ -2063,6 +2098,13 @@ func (x *ShardState) GetLastTimestampUnixNano() int64 {
 func (x *ShardState) GetEventSeq() uint64 {
 	if x != nil {
 		return x.EventSeq
+	}
+	return 0
+}
+
+func (x *ShardState) GetPreparedListSeq() uint64 {
+	if x != nil {
+		return x.PreparedListSeq
 	}
 	return 0
 }
@@ -3058,7 +3100,7 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\btransfer\x18\x01 \x01(\v2\x13.ledger.v1.TransferR\btransfer\"%\n" +
 	"\n" +
 	"ExpireTxns\x12\x17\n" +
-	"\atxn_ids\x18\x01 \x03(\tR\x06txnIds\"\x9f\x05\n" +
+	"\atxn_ids\x18\x01 \x03(\tR\x06txnIds\"\xbc\x05\n" +
 	"\tTxnRecord\x12\x15\n" +
 	"\x06txn_id\x18\x01 \x01(\tR\x05txnId\x121\n" +
 	"\ttransfers\x18\x02 \x03(\v2\x13.ledger.v1.TransferR\ttransfers\x122\n" +
@@ -3076,12 +3118,14 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\vresolved_by\x18\r \x01(\tR\n" +
 	"resolvedBy\x12/\n" +
 	"\x14decided_at_unix_nano\x18\x0e \x01(\x03R\x11decidedAtUnixNano\x129\n" +
-	"\x19router_deadline_unix_nano\x18\x0f \x01(\x03R\x16routerDeadlineUnixNano\"d\n" +
+	"\x19router_deadline_unix_nano\x18\x0f \x01(\x03R\x16routerDeadlineUnixNano\x12\x1b\n" +
+	"\topen_list\x18\x10 \x01(\x04R\bopenList\"\x88\x01\n" +
 	"\n" +
 	"CoordState\x127\n" +
 	"\x18last_timestamp_unix_nano\x18\x01 \x01(\x03R\x15lastTimestampUnixNano\x12\x1d\n" +
 	"\n" +
-	"open_count\x18\x02 \x01(\x04R\topenCount\"@\n" +
+	"open_count\x18\x02 \x01(\x04R\topenCount\x12\"\n" +
+	"\ropen_list_seq\x18\x03 \x01(\x04R\vopenListSeq\"@\n" +
 	"\x0eCreateAccounts\x12.\n" +
 	"\baccounts\x18\x01 \x03(\v2\x12.ledger.v1.AccountR\baccounts\"D\n" +
 	"\x0fCreateTransfers\x121\n" +
@@ -3126,12 +3170,13 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\x05index\x18\x02 \x01(\rR\x05index\x121\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x1b.ledger.raft.v1.BranchStateR\x05state\x121\n" +
 	"\x06status\x18\x04 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x12\x18\n" +
-	"\amessage\x18\x05 \x01(\tR\amessage\"\xd7\x01\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"\xfc\x01\n" +
 	"\fStoredBranch\x12.\n" +
 	"\x06branch\x18\x01 \x01(\v2\x16.ledger.raft.v1.BranchR\x06branch\x121\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1b.ledger.raft.v1.BranchStateR\x05state\x121\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x121\n" +
-	"\x15prepared_at_unix_nano\x18\x04 \x01(\x03R\x12preparedAtUnixNano\"\x9a\x02\n" +
+	"\x15prepared_at_unix_nano\x18\x04 \x01(\x03R\x12preparedAtUnixNano\x12#\n" +
+	"\rprepared_list\x18\x05 \x01(\x04R\fpreparedList\"\x9a\x02\n" +
 	"\x0eStoredTransfer\x12/\n" +
 	"\btransfer\x18\x01 \x01(\v2\x13.ledger.v1.TransferR\btransfer\x121\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x19.ledger.v1.TransferStatusR\x06status\x12\x18\n" +
@@ -3139,7 +3184,7 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"\x0epending_amount\x18\x04 \x01(\x04R\rpendingAmount\x12/\n" +
 	"\x14expires_at_unix_nano\x18\x05 \x01(\x03R\x11expiresAtUnixNano\x12\x16\n" +
 	"\x06amount\x18\x06 \x01(\x04R\x06amount\x12\x1a\n" +
-	"\bcurrency\x18\a \x01(\tR\bcurrency\"\xad\x01\n" +
+	"\bcurrency\x18\a \x01(\tR\bcurrency\"\xd9\x01\n" +
 	"\n" +
 	"ShardState\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1d\n" +
@@ -3147,7 +3192,8 @@ const file_ledger_raft_v1_raft_proto_rawDesc = "" +
 	"slot_count\x18\x02 \x01(\rR\tslotCount\x12\x14\n" +
 	"\x05owned\x18\x03 \x01(\fR\x05owned\x127\n" +
 	"\x18last_timestamp_unix_nano\x18\x04 \x01(\x03R\x15lastTimestampUnixNano\x12\x1b\n" +
-	"\tevent_seq\x18\x05 \x01(\x04R\beventSeq\"\xc9\x02\n" +
+	"\tevent_seq\x18\x05 \x01(\x04R\beventSeq\x12*\n" +
+	"\x11prepared_list_seq\x18\x06 \x01(\x04R\x0fpreparedListSeq\"\xc9\x02\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12.\n" +
 	"\x13timestamp_unix_nano\x18\x02 \x01(\x03R\x11timestampUnixNano\x12-\n" +

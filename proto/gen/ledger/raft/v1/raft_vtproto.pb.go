@@ -357,6 +357,7 @@ func (m *TxnRecord) CloneVT() *TxnRecord {
 	r.ResolvedBy = m.ResolvedBy
 	r.DecidedAtUnixNano = m.DecidedAtUnixNano
 	r.RouterDeadlineUnixNano = m.RouterDeadlineUnixNano
+	r.OpenList = m.OpenList
 	if rhs := m.Transfers; rhs != nil {
 		tmpContainer := make([]*v1.Transfer, len(rhs))
 		for k, v := range rhs {
@@ -393,6 +394,7 @@ func (m *CoordState) CloneVT() *CoordState {
 	r := new(CoordState)
 	r.LastTimestampUnixNano = m.LastTimestampUnixNano
 	r.OpenCount = m.OpenCount
+	r.OpenListSeq = m.OpenListSeq
 	if len(m.unknownFields) > 0 {
 		r.unknownFields = make([]byte, len(m.unknownFields))
 		copy(r.unknownFields, m.unknownFields)
@@ -673,6 +675,7 @@ func (m *StoredBranch) CloneVT() *StoredBranch {
 	r.State = m.State
 	r.Status = m.Status
 	r.PreparedAtUnixNano = m.PreparedAtUnixNano
+	r.PreparedList = m.PreparedList
 	if len(m.unknownFields) > 0 {
 		r.unknownFields = make([]byte, len(m.unknownFields))
 		copy(r.unknownFields, m.unknownFields)
@@ -722,6 +725,7 @@ func (m *ShardState) CloneVT() *ShardState {
 	r.SlotCount = m.SlotCount
 	r.LastTimestampUnixNano = m.LastTimestampUnixNano
 	r.EventSeq = m.EventSeq
+	r.PreparedListSeq = m.PreparedListSeq
 	if rhs := m.Owned; rhs != nil {
 		tmpBytes := make([]byte, len(rhs))
 		copy(tmpBytes, rhs)
@@ -1898,6 +1902,13 @@ func (m *TxnRecord) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.OpenList != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.OpenList))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x80
+	}
 	if m.RouterDeadlineUnixNano != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.RouterDeadlineUnixNano))
 		i--
@@ -2042,6 +2053,11 @@ func (m *CoordState) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.OpenListSeq != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.OpenListSeq))
+		i--
+		dAtA[i] = 0x18
 	}
 	if m.OpenCount != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.OpenCount))
@@ -2731,6 +2747,11 @@ func (m *StoredBranch) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
 	}
+	if m.PreparedList != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.PreparedList))
+		i--
+		dAtA[i] = 0x28
+	}
 	if m.PreparedAtUnixNano != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.PreparedAtUnixNano))
 		i--
@@ -2877,6 +2898,11 @@ func (m *ShardState) MarshalToSizedBufferVT(dAtA []byte) (int, error) {
 	if m.unknownFields != nil {
 		i -= len(m.unknownFields)
 		copy(dAtA[i:], m.unknownFields)
+	}
+	if m.PreparedListSeq != 0 {
+		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.PreparedListSeq))
+		i--
+		dAtA[i] = 0x30
 	}
 	if m.EventSeq != 0 {
 		i = protohelpers.EncodeVarint(dAtA, i, uint64(m.EventSeq))
@@ -4263,6 +4289,9 @@ func (m *TxnRecord) SizeVT() (n int) {
 	if m.RouterDeadlineUnixNano != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.RouterDeadlineUnixNano))
 	}
+	if m.OpenList != 0 {
+		n += 2 + protohelpers.SizeOfVarint(uint64(m.OpenList))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -4278,6 +4307,9 @@ func (m *CoordState) SizeVT() (n int) {
 	}
 	if m.OpenCount != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.OpenCount))
+	}
+	if m.OpenListSeq != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.OpenListSeq))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -4559,6 +4591,9 @@ func (m *StoredBranch) SizeVT() (n int) {
 	if m.PreparedAtUnixNano != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.PreparedAtUnixNano))
 	}
+	if m.PreparedList != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.PreparedList))
+	}
 	n += len(m.unknownFields)
 	return n
 }
@@ -4624,6 +4659,9 @@ func (m *ShardState) SizeVT() (n int) {
 	}
 	if m.EventSeq != 0 {
 		n += 1 + protohelpers.SizeOfVarint(uint64(m.EventSeq))
+	}
+	if m.PreparedListSeq != 0 {
+		n += 1 + protohelpers.SizeOfVarint(uint64(m.PreparedListSeq))
 	}
 	n += len(m.unknownFields)
 	return n
@@ -6967,6 +7005,25 @@ func (m *TxnRecord) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 16:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field OpenList", wireType)
+			}
+			m.OpenList = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.OpenList |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -7052,6 +7109,25 @@ func (m *CoordState) UnmarshalVT(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.OpenCount |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field OpenListSeq", wireType)
+			}
+			m.OpenListSeq = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.OpenListSeq |= uint64(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
@@ -8651,6 +8727,25 @@ func (m *StoredBranch) UnmarshalVT(dAtA []byte) error {
 					break
 				}
 			}
+		case 5:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field PreparedList", wireType)
+			}
+			m.PreparedList = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.PreparedList |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := protohelpers.Skip(dAtA[iNdEx:])
@@ -9043,6 +9138,25 @@ func (m *ShardState) UnmarshalVT(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.EventSeq |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 6:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field PreparedListSeq", wireType)
+			}
+			m.PreparedListSeq = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return protohelpers.ErrIntOverflow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.PreparedListSeq |= uint64(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
