@@ -15,6 +15,7 @@ import (
 
 	"github.com/cockroachdb/pebble"
 	"github.com/cockroachdb/pebble/bloom"
+	"github.com/cockroachdb/pebble/vfs"
 )
 
 // AppliedKey holds the raft index of the last applied entry, written in the same batch
@@ -97,6 +98,8 @@ func Open(dir string, cache *Cache) (*Store, error) {
 		L0StopWritesThreshold: l0StopWritesSublevels,
 		MaxOpenFiles:          256,
 		Logger:                quietLogger{},
+		FS:                    bufferedFS{vfs.Default},
+		BytesPerSync:          syncEveryBytesNever,
 		// The raft log is the write-ahead log of a replicated state machine: after a
 		// crash, Open returns the applied index of the last flushed state and dragonboat
 		// replays the entries after it. Sync flushes before dragonboat relies on the
