@@ -50,9 +50,10 @@ var stateKey = []byte{prefixState}
 // MostlyNewKeyPrefixes are the key families whose lookups on the apply path are mostly
 // of keys not stored yet: a Begin looks up its transfer ids (index, resolved post/void)
 // and its record. A storage adapter may answer those misses from a filter.
-// A list's count is stored only while the list is partly closed: mostly absent too.
+// A list's count is stored only while the list is partly closed, and a record's status
+// only from its decision on (which looks it up first): mostly absent too.
 func MostlyNewKeyPrefixes() []byte {
-	return []byte{prefixListOpen, prefixResolved, prefixTxn, prefixIndex}
+	return []byte{prefixStatus, prefixListOpen, prefixResolved, prefixTxn, prefixIndex}
 }
 
 // RouterDeadlineMax bounds how long after its Begin a transaction's router may keep
