@@ -41,6 +41,14 @@ func (s *testShard) openBranches() []string {
 	return out
 }
 
+// commitWithoutLists commits ov with every prepared list deleted.
+func (s *testShard) commitWithoutLists(ov *Overlay) {
+	for _, k := range s.keysUnder(prefixList) {
+		ov.Delete(k)
+	}
+	s.store.Commit(ov)
+}
+
 // wantIndex checks the index keys stored: lists, stored counts and (earlier layout)
 // per-branch keys, and what ReadOpenWork lists.
 func (s *testShard) wantIndex(lists, counts, perBranch int, open ...string) {
@@ -140,10 +148,7 @@ func TestPreparedLists(t *testing.T) {
 		rec.PreparedList = 0
 		ov.Set(bk, mustMarshal(rec))
 		ov.Set(preparedKey(bk), bk)
-		for _, k := range s.keysUnder(prefixList) {
-			ov.Delete(k)
-		}
-		s.store.Commit(ov)
+		s.commitWithoutLists(ov)
 		s.wantIndex(0, 0, 1, "old/0")
 		s.votes(cmdResolve(true, ref("old", 0, "alice")))
 		s.wantIndex(0, 0, 0)
@@ -152,11 +157,7 @@ func TestPreparedLists(t *testing.T) {
 	t.Run("a branch naming a missing list fails the apply", func(t *testing.T) {
 		s := newFixtureShard(t)
 		s.votes(cmdPrepare(branch("lost", 0, "alice", true, 3)))
-		ov := NewOverlay(s.store)
-		for _, k := range s.keysUnder(prefixList) {
-			ov.Delete(k)
-		}
-		s.store.Commit(ov)
+		s.commitWithoutLists(NewOverlay(s.store))
 		a, err := NewApplier(s.store)
 		if err != nil {
 			t.Fatal(err)
