@@ -1018,9 +1018,10 @@ func pmCoverage(t *testing.T, stats map[string]int) {
 	}
 }
 
-// replay applies the same log with other batchings: one Applier per 5 commands, per
-// random-sized batch, and one for everything; the results and hashes must be equal (the
-// state hashed with the open index flattened: coordinator.FlatHash).
+// replay applies the same log with other batchings: one Applier per 5 commands (twice),
+// per random-sized batch, and one for everything; the results and hashes must be equal
+// (the state hashed with the open index flattened: coordinator.FlatHash), and the two
+// replays of the same entries must leave byte-identical state.
 func (p *pmRun) flatHash(s *ledger.MemStore) []byte {
 	p.t.Helper()
 	h, err := coordinator.FlatHash(s)
@@ -1034,7 +1035,8 @@ func (p *pmRun) replay() {
 	p.t.Helper()
 	want := p.flatHash(p.c.store)
 	r := rand.New(rand.NewPCG(p.seed, 7))
-	for _, mode := range []string{"per5", "random", "one"} {
+	var per5 []byte // the exact state hash of the per5 replay
+	for _, mode := range []string{"per5", "per5 again", "random", "one"} {
 		store := ledger.NewMemStore()
 		// The same first entry as newMTCoord.
 		a, err := coordinator.NewApplier(store)
@@ -1048,7 +1050,7 @@ func (p *pmRun) replay() {
 		}
 		store.Commit(a.Overlay())
 		for i := 0; i < len(p.log); {
-			n := 5
+			n := 5 // per5, per5 again
 			switch mode {
 			case "random":
 				n = 1 + r.IntN(20)
@@ -1075,12 +1077,21 @@ func (p *pmRun) replay() {
 			}
 			store.Commit(a.Overlay())
 			i += n
-			if h, ok := p.hashes[i-1]; ok && mode == "per5" && !bytes.Equal(p.flatHash(store), h) {
+			if h, ok := p.hashes[i-1]; ok && mode != "random" && mode != "one" && !bytes.Equal(p.flatHash(store), h) {
 				p.t.Fatalf("seed %d %s: hash after command %d differs", p.seed, mode, i-1)
 			}
 		}
 		if got := p.flatHash(store); !bytes.Equal(got, want) {
 			p.t.Fatalf("seed %d %s: final hash %x, want %x", p.seed, mode, got, want)
+		}
+		// The same entries give the same state, byte for byte (the open index included).
+		switch mode {
+		case "per5":
+			per5 = store.Hash()
+		case "per5 again":
+			if got := store.Hash(); !bytes.Equal(got, per5) {
+				p.t.Fatalf("seed %d: the same entries twice: state hash %x, then %x", p.seed, per5, got)
+			}
 		}
 	}
 }
