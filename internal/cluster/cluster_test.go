@@ -59,6 +59,7 @@ func startCluster(t *testing.T, dir string, addrs []string) *testCluster {
 
 func startClusterWith(t *testing.T, dir string, addrs []string, mutate func(*Config)) *testCluster {
 	t.Helper()
+	watchdog(t) // registered first: its cleanup runs last, so it covers the close too
 	node.QuietDragonboat()
 	logger.GetLogger("transport").SetLevel(logger.CRITICAL) // peers stopped on purpose
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -618,7 +619,9 @@ func TestShardLeaderKilledUnderLoad(t *testing.T) {
 					tr.CreditAccountId = accts[(w+1)%8]
 				}
 				tried.Store(id, amt)
-				for attempt := 0; attempt < 50; attempt++ {
+				// stop is checked between attempts too: an id left untried is in tried, as
+				// any id whose outcome the client did not see.
+				for attempt := 0; attempt < 50 && !stop.Load(); attempt++ {
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 					res, err := tc.client.CreateTransfers(ctx, connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{tr}}))
 					cancel()

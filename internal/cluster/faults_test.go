@@ -82,7 +82,7 @@ func startLoad(t *testing.T, tc *testCluster, prefix string, workers int) *load 
 				amt := uint64(i%5 + 1)
 				tr := transfer(id, l.from[(w+i)%len(l.from)], l.to[(w*3+i)%len(l.to)], amt)
 				l.tried.Store(id, amt)
-				for attempt := 0; attempt < 200; attempt++ {
+				for attempt := 0; attempt < 200 && !l.stop.Load(); attempt++ { // an id left unacked stays in tried
 					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 					res, err := tc.client.CreateTransfers(ctx, connect.NewRequest(&ledgerv1.CreateTransfersRequest{Transfers: []*ledgerv1.Transfer{tr}}))
 					cancel()
