@@ -69,7 +69,20 @@ const (
 	// the knee, where a collapse (work done twice, refusals and retries) would show.
 	LedgerCrossOverload = "ledger-cross-batched-4x-clients"
 	LedgerIntraBig      = "ledger-intra-single-big"
+	// LedgerCrossHalf is the open-loop cross-shard row at half the peak (the p99 target).
+	LedgerCrossHalf = "ledger-cross-open-050"
+	// EngineHalfFloor is the engine offered, open loop, the client proposals per second
+	// that LedgerCrossHalf makes (CrossProposalsPerTransfer per transfer): one raft round
+	// at that rate with a trivial state machine and no API, the floor under the
+	// cross-shard latency.
+	EngineHalfFloor = "engine-open-floor-050"
 )
+
+// CrossProposalsPerTransfer is how many proposals a lone cross-shard transfer makes
+// before its answer: a prepare on each of its two shards and the coordinator's Begin,
+// in parallel. (Its follow-up work, two branch commits and the decision with the
+// forget, rides in later entries after the answer.)
+const CrossProposalsPerTransfer = 3
 
 func (o *SuiteOptions) defaults() {
 	if o.Mode == "" {
@@ -215,7 +228,7 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 	// Open loop: latency against offered load, as fractions of the cross-shard peak.
 	if peak := rep.Result(LedgerCrossSingle); peak != nil && peak.TransfersPerSec > 0 {
 		for _, f := range o.LoadFractions {
-			name := fmt.Sprintf("ledger-cross-open-%03.0f", f*100)
+			name := fmt.Sprintf("ledger-cross-open-%03.0f", f*100) // f = 0.5: LedgerCrossHalf
 			if err := runFresh(name, o.workload(o.Accounts, 1, 1, ConcurrencyMax/2, peak.TransfersPerSec*f), 1); err != nil {
 				return rep, err
 			}
@@ -242,6 +255,10 @@ func Suite(ctx context.Context, o SuiteOptions) (*Report, error) {
 					return Run(ctx, EngineBatched, o.workload(o.Accounts, 0, o.Batch, o.BatchConcurrency, 0), pop, e, o.Progress)
 				}))
 			}
+		}
+		if half := rep.Result(LedgerCrossHalf); err == nil && half != nil && half.Workload.Rate > 0 {
+			w := o.workload(o.Accounts, 0, 1, ConcurrencyMax/2, half.Workload.Rate*CrossProposalsPerTransfer)
+			err = add(Run(ctx, EngineHalfFloor, w, pop, e, o.Progress))
 		}
 		e.Close()
 		if err != nil {
@@ -341,13 +358,17 @@ func addRatios(rep *Report) {
 	rep.AddRatio("intra-shard vs engine ceiling (batched)", LedgerIntraBatched, EngineBatched, 0)
 	rep.AddRatio("large population vs small (intra-shard)", LedgerIntraBig, LedgerIntraSingle, 0.8)
 	// p99 at half the peak rate, cross-shard.
-	if r := rep.Result("ledger-cross-open-050"); r != nil {
+	if r := rep.Result(LedgerCrossHalf); r != nil {
 		mark := "✗"
 		if r.Latency.P99 <= 10 {
 			mark = "✓"
 		}
 		rep.AddNote("p99 latency at half the cross-shard peak (%.0f transfers/s offered): %.2f ms (target ≤ 10 ms) %s",
 			r.Workload.Rate*float64(r.Workload.Batch), r.Latency.P99, mark)
+		if e := rep.Result(EngineHalfFloor); e != nil {
+			rep.AddNote("the floor under it (%s): the bare engine offered the %.0f proposals/s those transfers make before their answers (%d each, in parallel; single proposals, no state machine work, no API) answered with p50 %.2f ms, p99 %.2f ms",
+				EngineHalfFloor, e.Workload.Rate, CrossProposalsPerTransfer, e.Latency.P50, e.Latency.P99)
+		}
 	} else {
 		rep.AddNote("p99 latency at half the cross-shard peak: not measured")
 	}
