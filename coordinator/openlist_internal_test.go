@@ -196,3 +196,51 @@ func TestTransferOwners(t *testing.T) {
 		t.Errorf("post with a txn's id: %v", r)
 	}
 }
+
+// getCounter counts the point reads and the scanned values made through it.
+type getCounter struct {
+	ledger.Scanner
+	gets, scanned int
+}
+
+func (c *getCounter) Scan(prefix []byte, fn func(k, v []byte) error) error {
+	return c.Scanner.Scan(prefix, func(k, v []byte) error {
+		c.scanned++
+		return fn(k, v)
+	})
+}
+
+func (c *getCounter) Get(key []byte) ([]byte, bool, error) {
+	c.gets++
+	return c.Scanner.Get(key)
+}
+
+// readOpen stops at its cap: it lists that many and reads no record, and no list, past
+// them.
+func TestReadOpenStopsAtItsCap(t *testing.T) {
+	g := &olGroup{t: t, store: ledger.NewMemStore()}
+	g.entry(olBegin(olXfer("c1")), olBegin(olXfer("c2")), olBegin(olXfer("c3")))
+	g.entry(olBegin(olXfer("c4")), olBegin(olXfer("c5")), olBegin(olXfer("c6")))
+	one := &getCounter{Scanner: g.store}
+	if rec, err := ReadTxn(one, "c1"); err != nil || rec == nil {
+		t.Fatalf("c1: %v, %v", rec, err)
+	}
+	all, err := readOpen(g.store, 100)
+	if err != nil || len(all) != 6 {
+		t.Fatalf("uncapped: %d records, %v; want 6", len(all), err)
+	}
+	c := &getCounter{Scanner: g.store}
+	recs, err := readOpen(c, 2) // the first list (one entry) holds 3
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 2 {
+		t.Fatalf("listed %d, want 2", len(recs))
+	}
+	if c.gets != 2*one.gets {
+		t.Errorf("%d point reads for 2 records (%d each): the scan went past its cap", c.gets, one.gets)
+	}
+	if c.scanned != 1 {
+		t.Errorf("scanned %d lists to list 2 records of the first: the scan went past its cap", c.scanned)
+	}
+}

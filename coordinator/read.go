@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/shardledger/shardledger/internal/wire"
@@ -104,11 +105,14 @@ func ReadTxns(r ledger.Reader, ids []string) ([]*raftv1.TxnRecord, error) {
 // ReadOpen lists the transactions not yet forgotten (at most OpenMax): those of the
 // open lists (see openLists) that are not forgotten, then those indexed under the
 // earlier layout.
-func ReadOpen(s ledger.Scanner) ([]*raftv1.TxnRecord, error) {
+func ReadOpen(s ledger.Scanner) ([]*raftv1.TxnRecord, error) { return readOpen(s, OpenMax) }
+
+// readOpen lists at most limit open transactions; it reads no record past them.
+func readOpen(s ledger.Scanner, limit int) ([]*raftv1.TxnRecord, error) {
 	var out []*raftv1.TxnRecord
 	add := func(id []byte, listed bool) error {
-		if len(out) >= OpenMax {
-			return nil
+		if len(out) >= limit {
+			return ledger.ErrScanFull // reads no record, and no list, past the cap
 		}
 		rec, err := ReadTxn(s, string(id))
 		if err != nil {
@@ -124,11 +128,17 @@ func ReadOpen(s ledger.Scanner) ([]*raftv1.TxnRecord, error) {
 		return nil
 	}
 	err := openLists().Scan(s, func(id []byte) error { return add(id, true) })
+	if errors.Is(err, ledger.ErrScanFull) {
+		return out, nil
+	}
 	if err != nil {
 		return nil, err
 	}
 	err = s.Scan([]byte{prefixOpen}, func(k, _ []byte) error { return add(k[1:], false) })
-	return out, err
+	if err != nil && !errors.Is(err, ledger.ErrScanFull) {
+		return nil, err
+	}
+	return out, nil
 }
 
 // ReadTransfers finds transfers held by this coordinator group: transfers of

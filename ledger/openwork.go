@@ -1,6 +1,7 @@
 package ledger
 
 import (
+	"errors"
 	"fmt"
 	"math/bits"
 
@@ -14,31 +15,38 @@ import (
 // OpenWorkMax bounds how many prepared branches and pending transfers one query returns.
 const OpenWorkMax = 10_000
 
+// ErrScanFull ends a scan that has all it may return (a cap reached): Scan passes it
+// back like any error of fn, and the caller that returned it treats it as success.
+var ErrScanFull = errors.New("scan stopped: the cap is reached")
+
 // ReadOpenWork lists prepared branches and open pending transfers (at most OpenWorkMax
-// of each).
+// of each). Each scan stops at its cap: it reads and decodes nothing past it.
 func ReadOpenWork(s Scanner) (prepared []*raftv1.StoredBranch, pending []*raftv1.StoredTransfer, err error) {
 	err = scanPrepared(s, func(b *raftv1.StoredBranch) error {
-		if len(prepared) >= OpenWorkMax {
-			return nil
-		}
 		prepared = append(prepared, b)
+		if len(prepared) >= OpenWorkMax {
+			return ErrScanFull
+		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrScanFull) {
 		return nil, nil, err
 	}
 	err = scanIndex(s, prefixPending, func(v []byte) error {
-		if len(pending) >= OpenWorkMax {
-			return nil
-		}
 		t := &raftv1.StoredTransfer{}
 		if err := wire.Unmarshal(v, t); err != nil {
 			return fmt.Errorf("decode pending transfer: %w", err)
 		}
 		pending = append(pending, t)
+		if len(pending) >= OpenWorkMax {
+			return ErrScanFull
+		}
 		return nil
 	})
-	return prepared, pending, err
+	if err != nil && !errors.Is(err, ErrScanFull) {
+		return nil, nil, err
+	}
+	return prepared, pending, nil
 }
 
 // scanIndex follows every index entry under prefix to the record it names.

@@ -3,6 +3,7 @@ package ledger
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -193,5 +194,51 @@ func TestListEncoding(t *testing.T) {
 		if err := eachListed(b, func([]byte) error { return nil }); err == nil {
 			t.Errorf("%s: no error", name)
 		}
+	}
+}
+
+// countingScanner counts the point reads a scan makes.
+type countingScanner struct {
+	Scanner
+	gets int
+}
+
+func (c *countingScanner) Get(key []byte) ([]byte, bool, error) {
+	c.gets++
+	return c.Scanner.Get(key)
+}
+
+// ReadOpenWork stops at OpenWorkMax: it lists that many and reads no branch past them.
+func TestReadOpenWorkStopsAtItsCap(t *testing.T) {
+	s := newFixtureShard(t)
+	const extra, perCommand = 25, 1_000
+	for n := 0; n < OpenWorkMax+extra; n += perCommand {
+		var bs []*raftv1.Branch
+		for i := n; i < min(n+perCommand, OpenWorkMax+extra); i++ {
+			bs = append(bs, branch(fmt.Sprintf("t%05d", i), 0, "bank", false, 1))
+		}
+		for _, v := range s.votes(cmdPrepare(bs...)) {
+			if v.State != brPrepared {
+				t.Fatalf("branch %s/%d: %s", v.TxnId, v.Index, v.State)
+			}
+		}
+	}
+	cs := &countingScanner{Scanner: s.store}
+	prepared, pending, err := ReadOpenWork(cs)
+	if err != nil {
+		t.Fatalf("read open work: %v", err)
+	}
+	if len(prepared) != OpenWorkMax || len(pending) != 0 {
+		t.Fatalf("listed %d prepared, %d pending; want %d, 0", len(prepared), len(pending), OpenWorkMax)
+	}
+	if cs.gets != OpenWorkMax {
+		t.Errorf("read %d branches for %d listed: the scan went past its cap", cs.gets, OpenWorkMax)
+	}
+	tot, err := ReadTotals(s.store) // the totals still count every one
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tot.PreparedBranches != OpenWorkMax+extra {
+		t.Errorf("totals count %d prepared branches, want %d", tot.PreparedBranches, OpenWorkMax+extra)
 	}
 }
