@@ -58,10 +58,128 @@ func TestArenaCacheModel(t *testing.T) {
 					recent = recent[:0]
 				}
 			}
-			if len(c.idx) > max(2*tc.keys, 2*arenaSweepMin) {
+			checkArena(t, c)
+			if len(c.idx) > tc.keys { // only current entries are indexed
+
 				t.Fatalf("index holds %d entries for %d keys", len(c.idx), tc.keys)
 			}
 		})
+	}
+}
+
+// TestArenaCacheKeepsLiveSet: a live set smaller than the cache stays whole, with each
+// key's latest value, however many times the ring turns; deleted keys stay deleted.
+func TestArenaCacheKeepsLiveSet(t *testing.T) {
+	const chunks, keys = 8, 40_000 // 40,000 entries of ~100 bytes: about half the cache
+	c := newArenaCache(chunks * arenaChunkBytes)
+	rng := rand.New(rand.NewPCG(3, 4))
+	model := map[string][]byte{}
+	val := func(i, k int) []byte { return fmt.Appendf(nil, "%080d", i*keys+k) }
+	for k := 0; k < keys; k++ {
+		model[fmt.Sprintf("a-%d", k)] = val(0, k)
+		c.put([]byte(fmt.Sprintf("a-%d", k)), val(0, k))
+	}
+	for i := 1; i < 600_000; i++ { // about 8 turns of the ring
+		k := rng.IntN(keys)
+		key := fmt.Sprintf("a-%d", k)
+		if rng.IntN(100) == 0 {
+			c.del([]byte(key))
+			delete(model, key)
+			continue
+		}
+		v := val(i, k)
+		c.update([]byte(key), v, true)
+		model[key] = v
+	}
+	if c.head() < 5*chunks {
+		t.Fatalf("%d chunks filled; want many turns", c.head())
+	}
+	for k := 0; k < keys; k++ {
+		key := fmt.Sprintf("a-%d", k)
+		v, ok := c.get([]byte(key))
+		want, in := model[key]
+		if ok != in || !bytes.Equal(v, want) {
+			t.Fatalf("%s = %q, %v; want %q, %v", key, v, ok, want, in)
+		}
+	}
+	if len(c.idx) != len(model) {
+		t.Fatalf("index holds %d entries for %d live keys", len(c.idx), len(model))
+	}
+	checkArena(t, c)
+}
+
+// TestArenaCacheStaysSmall: a few keys written over and over keep a few chunks, not the
+// cache's size.
+func TestArenaCacheStaysSmall(t *testing.T) {
+	c := newArenaCache(64 * arenaChunkBytes)
+	v := make([]byte, 200)
+	for i := 0; i < 200_000; i++ { // 40 MB of writes
+		c.put(fmt.Appendf(nil, "hot-%d", i%1000), v)
+	}
+	if len(c.chunks) > 2 {
+		t.Fatalf("%d chunks for 1,000 keys of 200 bytes", len(c.chunks))
+	}
+	for i := 0; i < 1000; i++ {
+		if _, ok := c.get(fmt.Appendf(nil, "hot-%d", i)); !ok {
+			t.Fatalf("hot-%d evicted", i)
+		}
+	}
+	checkArena(t, c)
+}
+
+// checkArena checks that every indexed entry is in a chunk and that each chunk's count
+// of current bytes is the sum of its indexed entries.
+func checkArena(t *testing.T, c *arenaCache) {
+	t.Helper()
+	live := make([]int, len(c.chunks))
+	for h, loc := range c.idx {
+		k, v, _, ok := c.entry(loc)
+		if !ok {
+			t.Fatalf("index entry %x points at dropped chunk %d", h, loc>>locSeqShift)
+		}
+		if xxhash.Sum64(k) != h {
+			t.Fatalf("index entry %x points at key %q", h, k)
+		}
+		live[loc>>locSeqShift-c.first] += entryBytes(k, v)
+	}
+	for i, ch := range c.chunks {
+		if ch.liveBytes != live[i] {
+			t.Fatalf("chunk %d counts %d current bytes, index has %d", c.first+uint64(i), ch.liveBytes, live[i])
+		}
+	}
+}
+
+// TestArenaCacheOverCapacity: a live set larger than the cache is cut to what fits,
+// the latest writes stay, and the cache never grows past its chunks.
+func TestArenaCacheOverCapacity(t *testing.T) {
+	const chunks = 4
+	c := newArenaCache(chunks * arenaChunkBytes)
+	v := make([]byte, 100)
+	const n = 200_000 // ~22 MB of entries for a 4 MiB cache
+	for i := 0; i < n; i++ {
+		c.put(fmt.Appendf(nil, "k-%07d", i), v)
+	}
+	if len(c.chunks) != chunks {
+		t.Fatalf("%d chunks, want %d", len(c.chunks), chunks)
+	}
+	checkArena(t, c)
+	fit := chunks * arenaChunkBytes / (arenaHeaderBytes + 9 + len(v))
+	if len(c.idx) > fit {
+		t.Fatalf("index holds %d entries; at most %d fit", len(c.idx), fit)
+	}
+	for i := n - 1000; i < n; i++ {
+		if _, ok := c.get(fmt.Appendf(nil, "k-%07d", i)); !ok {
+			t.Fatalf("recent key %d evicted", i)
+		}
+	}
+	hits := 0
+	for i := 0; i < n; i++ {
+		if _, ok := c.get(fmt.Appendf(nil, "k-%07d", i)); ok {
+			hits++
+		}
+	}
+	if hits != len(c.idx) || hits < fit/2 {
+		t.Fatalf("%d keys cached, index %d, %d fit", hits, len(c.idx), fit)
 	}
 }
 
@@ -137,7 +255,7 @@ func TestApplyCacheSize(t *testing.T) {
 		{CacheBytesMax + arenaChunkBytes, CacheBytesMax / arenaChunkBytes},
 	} {
 		c := newApplyCache(nil, tc.bytes, nil, nil)
-		if got := len(c.a.chunks); got != tc.wantChunks {
+		if got := c.a.chunksMax; got != tc.wantChunks {
 			t.Errorf("CacheBytes %d: %d chunks, want %d", tc.bytes, got, tc.wantChunks)
 		}
 	}
