@@ -39,7 +39,13 @@ type arenaCache struct {
 	chunks    []arenaChunk      // oldest first; the last one is being filled
 	first     uint64            // seq of chunks[0]
 	chunksMax int
-	keep      []int // scratch of advance: offsets of the dropped chunk's current entries
+	keep      []arenaKept // scratch of advance: the dropped chunk's current entries
+}
+
+// arenaKept is a current entry of a chunk being dropped.
+type arenaKept struct {
+	off  int
+	hash uint64
 }
 
 type arenaChunk struct {
@@ -151,7 +157,7 @@ func (c *arenaCache) update(key, v []byte, add bool) {
 
 func (c *arenaCache) putHashed(key, v []byte, h uint64) {
 	c.unindex(h) // an older value of key, or another key's with its hash
-	size := arenaHeaderBytes + len(key) + len(v)
+	size := entryBytes(key, v)
 	if size > arenaEntryBytesMax {
 		return
 	}
@@ -206,15 +212,16 @@ func (c *arenaCache) advance() *arenaChunk {
 	c.keep = c.keep[:0]
 	for off := 0; off < len(old.b); {
 		k, v := entryAt(old.b, off)
-		if loc, ok := c.idx[xxhash.Sum64(k)]; ok && loc == oldSeq<<locSeqShift|uint64(off) {
-			c.keep = append(c.keep, off)
+		h := xxhash.Sum64(k)
+		if loc, ok := c.idx[h]; ok && loc == oldSeq<<locSeqShift|uint64(off) {
+			c.keep = append(c.keep, arenaKept{off: off, hash: h})
 		}
 		off += entryBytes(k, v)
 	}
 	full := false
 	for i := len(c.keep) - 1; i >= 0; i-- {
-		k, v := entryAt(old.b, c.keep[i])
-		h := xxhash.Sum64(k)
+		k, v := entryAt(old.b, c.keep[i].off)
+		h := c.keep[i].hash
 		if full = full || len(ch.b)+entryBytes(k, v) > arenaKeepBytesMax; full {
 			delete(c.idx, h) // this and every older entry of the dropped chunk
 			continue
