@@ -15,7 +15,6 @@ import "iter"
 // hash anyway; arenaCache compares the key).
 type hashIndex struct {
 	tables [hashIndexTables]hashTable
-	n      int // entries
 }
 
 type hashTable struct {
@@ -64,23 +63,23 @@ func (x *hashIndex) get(h uint64) (uint64, bool) {
 // set makes loc the entry of h, replacing the one it had.
 func (x *hashIndex) set(h, loc uint64) {
 	h = indexHash(h)
-	if x.table(h).set(h, loc) {
-		x.n++
-	}
+	x.table(h).set(h, loc)
 }
 
 // del removes the entry of h and returns its loc.
 func (x *hashIndex) del(h uint64) (uint64, bool) {
 	h = indexHash(h)
-	loc, ok := x.table(h).del(h)
-	if ok {
-		x.n--
-	}
-	return loc, ok
+	return x.table(h).del(h)
 }
 
 // len is the number of entries.
-func (x *hashIndex) len() int { return x.n }
+func (x *hashIndex) len() int {
+	n := 0
+	for i := range x.tables {
+		n += x.tables[i].n
+	}
+	return n
+}
 
 // all yields every entry's hash (as stored: 1 for 0) and loc, in no particular order.
 func (x *hashIndex) all() iter.Seq2[uint64, uint64] {
@@ -115,8 +114,8 @@ func (t *hashTable) find(h uint64) int {
 	}
 }
 
-// set makes loc the entry of h and tells whether h is new.
-func (t *hashTable) set(h, loc uint64) bool {
+// set makes loc the entry of h.
+func (t *hashTable) set(h, loc uint64) {
 	if (t.n+1)*hashTableLoadDen > len(t.slots)*hashTableLoadNum {
 		t.grow()
 	}
@@ -126,11 +125,11 @@ func (t *hashTable) set(h, loc uint64) bool {
 		switch s.hash {
 		case h:
 			s.loc = loc
-			return false
+			return
 		case 0:
 			s.hash, s.loc = h, loc
 			t.n++
-			return true
+			return
 		}
 	}
 }
