@@ -15,6 +15,7 @@ import "iter"
 // hash anyway; arenaCache compares the key).
 type hashIndex struct {
 	tables [hashIndexTables]hashTable
+	n      int // entries
 }
 
 type hashTable struct {
@@ -63,23 +64,23 @@ func (x *hashIndex) get(h uint64) (uint64, bool) {
 // set makes loc the entry of h, replacing the one it had.
 func (x *hashIndex) set(h, loc uint64) {
 	h = indexHash(h)
-	x.table(h).set(h, loc)
+	if x.table(h).set(h, loc) {
+		x.n++
+	}
 }
 
 // del removes the entry of h and returns its loc.
 func (x *hashIndex) del(h uint64) (uint64, bool) {
 	h = indexHash(h)
-	return x.table(h).del(h)
+	loc, ok := x.table(h).del(h)
+	if ok {
+		x.n--
+	}
+	return loc, ok
 }
 
 // len is the number of entries.
-func (x *hashIndex) len() int {
-	n := 0
-	for i := range x.tables {
-		n += x.tables[i].n
-	}
-	return n
-}
+func (x *hashIndex) len() int { return x.n }
 
 // all yields every entry's hash (as stored: 1 for 0) and loc, in no particular order.
 func (x *hashIndex) all() iter.Seq2[uint64, uint64] {
@@ -114,8 +115,8 @@ func (t *hashTable) find(h uint64) int {
 	}
 }
 
-// set makes loc the entry of h.
-func (t *hashTable) set(h, loc uint64) {
+// set makes loc the entry of h and tells whether h is new.
+func (t *hashTable) set(h, loc uint64) bool {
 	if (t.n+1)*hashTableLoadDen > len(t.slots)*hashTableLoadNum {
 		t.grow()
 	}
@@ -125,11 +126,11 @@ func (t *hashTable) set(h, loc uint64) {
 		switch s.hash {
 		case h:
 			s.loc = loc
-			return
+			return false
 		case 0:
 			s.hash, s.loc = h, loc
 			t.n++
-			return
+			return true
 		}
 	}
 }

@@ -70,18 +70,23 @@ func checkHashIndex(t *testing.T, x *hashIndex, model map[uint64]uint64) {
 	if x.len() != len(model) {
 		t.Fatalf("%d entries, model %d", x.len(), len(model))
 	}
+	n := 0
 	for i := range x.tables {
 		tb := &x.tables[i]
 		if tb.n*hashTableLoadDen > len(tb.slots)*hashTableLoadNum {
 			t.Fatalf("table %d: %d entries in %d slots: over the load limit", i, tb.n, len(tb.slots))
 		}
+		n += tb.n
+	}
+	if n != x.len() {
+		t.Fatalf("tables hold %d entries, index counts %d", n, x.len())
 	}
 	for h, want := range model {
 		if loc, ok := x.get(h); !ok || loc != want {
 			t.Fatalf("get(%x) = %d, %v; want %d", h, loc, ok, want)
 		}
 	}
-	n := 0
+	n = 0
 	for h, loc := range x.all() {
 		if model[h] != loc {
 			t.Fatalf("entry %x = %d; model %d", h, loc, model[h])
