@@ -35,9 +35,9 @@ import (
 // Two keys may share a hash: the map holds the entry of the last one put, and get
 // compares the key, so the other is a miss (never a wrong value).
 type arenaCache struct {
-	idx       *hashIndex   // xxhash of the key -> loc (chunk seq << locSeqShift | offset)
-	chunks    []arenaChunk // oldest first; the last one is being filled
-	first     uint64       // seq of chunks[0]
+	idx       map[uint64]uint64 // xxhash of the key -> loc (chunk seq << locSeqShift | offset)
+	chunks    []arenaChunk      // oldest first; the last one is being filled
+	first     uint64            // seq of chunks[0]
 	chunksMax int
 	keep      []arenaKept // scratch of advance: the dropped chunk's current entries
 }
@@ -84,7 +84,7 @@ func newArenaCache(bytesMax int) *arenaCache {
 }
 
 func (c *arenaCache) reset() {
-	c.idx = newHashIndex()
+	c.idx = make(map[uint64]uint64)
 	c.chunks = append(c.chunks[:0], arenaChunk{b: make([]byte, 0, arenaChunkBytes)})
 	clear(c.chunks[1:cap(c.chunks)]) // the dropped chunks' bytes go
 	c.first = 0
@@ -127,7 +127,7 @@ func entryBytes(k, v []byte) int { return arenaHeaderBytes + len(k) + len(v) }
 func (c *arenaCache) get(key []byte) ([]byte, bool) { return c.getHashed(key, xxhash.Sum64(key)) }
 
 func (c *arenaCache) getHashed(key []byte, h uint64) ([]byte, bool) {
-	loc, ok := c.idx.get(h)
+	loc, ok := c.idx[h]
 	if !ok {
 		return nil, false
 	}
@@ -165,15 +165,16 @@ func (c *arenaCache) putHashed(key, v []byte, h uint64) {
 	if len(ch.b)+size > cap(ch.b) {
 		ch = c.advance()
 	}
-	c.idx.set(h, c.append(ch, key, v))
+	c.idx[h] = c.append(ch, key, v)
 }
 
 // unindex forgets the entry of hash h, if any.
 func (c *arenaCache) unindex(h uint64) {
-	loc, ok := c.idx.del(h)
+	loc, ok := c.idx[h]
 	if !ok {
 		return
 	}
+	delete(c.idx, h)
 	k, v, ch, ok := c.entry(loc)
 	if !ok {
 		panic(fmt.Sprintf("arena cache: index points at dropped chunk %d (first %d)", loc>>locSeqShift, c.first))
@@ -212,7 +213,7 @@ func (c *arenaCache) advance() *arenaChunk {
 	for off := 0; off < len(old.b); {
 		k, v := entryAt(old.b, off)
 		h := xxhash.Sum64(k)
-		if loc, ok := c.idx.get(h); ok && loc == oldSeq<<locSeqShift|uint64(off) {
+		if loc, ok := c.idx[h]; ok && loc == oldSeq<<locSeqShift|uint64(off) {
 			c.keep = append(c.keep, arenaKept{off: off, hash: h})
 		}
 		off += entryBytes(k, v)
@@ -222,10 +223,10 @@ func (c *arenaCache) advance() *arenaChunk {
 		k, v := entryAt(old.b, c.keep[i].off)
 		h := c.keep[i].hash
 		if full = full || len(ch.b)+entryBytes(k, v) > arenaKeepBytesMax; full {
-			c.idx.del(h) // this and every older entry of the dropped chunk
+			delete(c.idx, h) // this and every older entry of the dropped chunk
 			continue
 		}
-		c.idx.set(h, c.append(ch, k, v))
+		c.idx[h] = c.append(ch, k, v)
 	}
 	return ch
 }

@@ -59,9 +59,9 @@ func TestArenaCacheModel(t *testing.T) {
 				}
 			}
 			checkArena(t, c)
-			if c.idx.len() > tc.keys { // only current entries are indexed
+			if len(c.idx) > tc.keys { // only current entries are indexed
 
-				t.Fatalf("index holds %d entries for %d keys", c.idx.len(), tc.keys)
+				t.Fatalf("index holds %d entries for %d keys", len(c.idx), tc.keys)
 			}
 		})
 	}
@@ -102,8 +102,8 @@ func TestArenaCacheKeepsLiveSet(t *testing.T) {
 			t.Fatalf("%s = %q, %v; want %q, %v", key, v, ok, want, in)
 		}
 	}
-	if c.idx.len() != len(model) {
-		t.Fatalf("index holds %d entries for %d live keys", c.idx.len(), len(model))
+	if len(c.idx) != len(model) {
+		t.Fatalf("index holds %d entries for %d live keys", len(c.idx), len(model))
 	}
 	checkArena(t, c)
 }
@@ -132,12 +132,12 @@ func TestArenaCacheStaysSmall(t *testing.T) {
 func checkArena(t *testing.T, c *arenaCache) {
 	t.Helper()
 	live := make([]int, len(c.chunks))
-	for h, loc := range c.idx.all() {
+	for h, loc := range c.idx {
 		k, v, _, ok := c.entry(loc)
 		if !ok {
 			t.Fatalf("index entry %x points at dropped chunk %d", h, loc>>locSeqShift)
 		}
-		if indexHash(xxhash.Sum64(k)) != h {
+		if xxhash.Sum64(k) != h {
 			t.Fatalf("index entry %x points at key %q", h, k)
 		}
 		live[loc>>locSeqShift-c.first] += entryBytes(k, v)
@@ -164,8 +164,8 @@ func TestArenaCacheOverCapacity(t *testing.T) {
 	}
 	checkArena(t, c)
 	fit := chunks * arenaChunkBytes / (arenaHeaderBytes + 9 + len(v))
-	if c.idx.len() > fit {
-		t.Fatalf("index holds %d entries; at most %d fit", c.idx.len(), fit)
+	if len(c.idx) > fit {
+		t.Fatalf("index holds %d entries; at most %d fit", len(c.idx), fit)
 	}
 	for i := n - 1000; i < n; i++ {
 		if _, ok := c.get(fmt.Appendf(nil, "k-%07d", i)); !ok {
@@ -178,8 +178,8 @@ func TestArenaCacheOverCapacity(t *testing.T) {
 			hits++
 		}
 	}
-	if hits != c.idx.len() || hits < fit/2 {
-		t.Fatalf("%d keys cached, index %d, %d fit", hits, c.idx.len(), fit)
+	if hits != len(c.idx) || hits < fit/2 {
+		t.Fatalf("%d keys cached, index %d, %d fit", hits, len(c.idx), fit)
 	}
 }
 
@@ -217,8 +217,7 @@ func TestArenaCacheLargeAndColliding(t *testing.T) {
 		t.Fatalf("k = %d bytes cached; want a miss (too large), not the older value", len(v))
 	}
 	c.put([]byte("a"), []byte("va"))
-	aLoc, _ := c.idx.get(xxhash.Sum64String("a"))
-	c.idx.set(xxhash.Sum64String("b"), aLoc) // as if b's hash were a's
+	c.idx[xxhash.Sum64String("b")] = c.idx[xxhash.Sum64String("a")] // as if b's hash were a's
 	if v, ok := c.get([]byte("b")); ok {
 		t.Fatalf("b = %q; want a miss", v)
 	}
